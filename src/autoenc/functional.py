@@ -1,0 +1,208 @@
+"""The maths of autoencoders as plain functions on tensors.
+
+Every function here is elementwise and returns an unreduced tensor; the caller reduces with
+:func:`sum_except_batch` (or its own reduction). That keeps one formula in one place, the way
+``torch.distributions.kl`` does, and lets models, losses and evaluation share it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "reparameterize",
+    "gaussian_kl",
+    "gaussian_kl_from_std",
+    "gaussian_log_prob",
+    "sum_except_batch",
+    "continuous_bernoulli_log_norm",
+    "bernoulli_nll",
+]
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def _check_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and "
+            f"{tuple(b.shape)}"
+        )
+
+
+def reparameterize(mu: Tensor, logvar: Tensor, eps: Tensor | None = None) -> Tensor:
+    r"""Draw :math:`z = \mu + \sigma \odot \epsilon` with :math:`\sigma = e^{\text{logvar}/2}`.
+
+    The draw is differentiable in ``mu`` and ``logvar`` (the reparameterization trick).
+
+    Args:
+        mu: Posterior mean, any shape.
+        logvar: Posterior log-variance, same shape as ``mu``.
+        eps: Standard-normal noise of the same shape. When given the result is deterministic;
+            when ``None`` fresh noise is drawn with :func:`torch.randn_like`.
+
+    Returns:
+        A tensor shaped like ``mu``.
+
+    Raises:
+        ValueError: If the shapes of ``mu``, ``logvar`` and ``eps`` differ.
+
+    Example:
+        >>> mu, logvar = torch.zeros(2, 3), torch.zeros(2, 3)
+        >>> reparameterize(mu, logvar, eps=torch.ones(2, 3))
+        tensor([[1., 1., 1.],
+                [1., 1., 1.]])
+    """
+    _check_same_shape("mu", mu, "logvar", logvar)
+    if eps is None:
+        eps = torch.randn_like(mu)
+    else:
+        _check_same_shape("mu", mu, "eps", eps)
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+def gaussian_kl(
+    mu: Tensor,
+    logvar: Tensor,
+    mu_p: Tensor | None = None,
+    logvar_p: Tensor | None = None,
+) -> Tensor:
+    r"""Elementwise KL divergence between diagonal Gaussians, in nats.
+
+    With the defaults the prior is the standard normal:
+
+    .. math::
+        \mathrm{KL}\big(\mathcal N(\mu, \sigma^2)\,\|\,\mathcal N(0, 1)\big)
+        = \tfrac12\left(\mu^2 + \sigma^2 - \log\sigma^2 - 1\right).
+
+    Against another diagonal Gaussian :math:`\mathcal N(\mu_p, \sigma_p^2)`:
+
+    .. math::
+        \tfrac12\left(\log\sigma_p^2 - \log\sigma^2
+        + \frac{\sigma^2 + (\mu - \mu_p)^2}{\sigma_p^2} - 1\right).
+
+    Args:
+        mu: Mean of ``q``.
+        logvar: Log-variance of ``q``, same shape as ``mu``.
+        mu_p: Mean of ``p`` (broadcastable); ``None`` means 0.
+        logvar_p: Log-variance of ``p`` (broadcastable); ``None`` means 0.
+
+    Returns:
+        The unreduced KL, shaped like ``mu``. Reduce with :func:`sum_except_batch`.
+
+    Example:
+        >>> gaussian_kl(torch.tensor([0.0, 1.0]), torch.tensor([0.0, 0.0]))
+        tensor([0.0000, 0.5000])
+    """
+    _check_same_shape("mu", mu, "logvar", logvar)
+    if mu_p is None and logvar_p is None:
+        return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)
+    mu_p = torch.zeros_like(mu) if mu_p is None else mu_p
+    logvar_p = torch.zeros_like(logvar) if logvar_p is None else logvar_p
+    return 0.5 * (
+        logvar_p - logvar + (logvar.exp() + (mu - mu_p).pow(2)) * torch.exp(-logvar_p) - 1.0
+    )
+
+
+def gaussian_kl_from_std(mu: Tensor, std: Tensor, *, eps: float = 1e-8) -> Tensor:
+    r"""Elementwise KL to :math:`\mathcal N(0, 1)` from a standard deviation, as the article writes it.
+
+    .. math::
+        \tfrac12\left(\mu^2 + \sigma^2 - \log(\epsilon + \sigma^2) - 1\right)
+
+    The :math:`\epsilon` keeps the logarithm finite when ``std`` comes straight out of a ReLU and
+    is exactly zero. With ``eps=0`` this equals :func:`gaussian_kl` at ``logvar = log(std**2)``.
+
+    Args:
+        mu: Posterior mean.
+        std: Posterior standard deviation, same shape as ``mu``.
+        eps: Added to the variance inside the logarithm.
+
+    Returns:
+        The unreduced KL, shaped like ``mu``.
+    """
+    _check_same_shape("mu", mu, "std", std)
+    var = std.pow(2)
+    return 0.5 * (mu.pow(2) + var - torch.log(eps + var) - 1.0)
+
+
+def gaussian_log_prob(x: Tensor, mu: Tensor | float = 0.0, logvar: Tensor | float = 0.0) -> Tensor:
+    r"""Elementwise log-density of a diagonal Gaussian, constants included.
+
+    .. math::
+        \log\mathcal N(x; \mu, \sigma^2) = -\tfrac12\left(\log 2\pi + \log\sigma^2
+        + \frac{(x-\mu)^2}{\sigma^2}\right)
+
+    Args:
+        x: Points to evaluate.
+        mu: Mean, broadcastable to ``x``.
+        logvar: Log-variance, broadcastable to ``x``.
+
+    Returns:
+        The unreduced log-density, in nats, shaped like the broadcast of the inputs.
+    """
+    logvar = torch.as_tensor(logvar, dtype=x.dtype, device=x.device)
+    return -0.5 * (_LOG_2PI + logvar + (x - mu).pow(2) * torch.exp(-logvar))
+
+
+def sum_except_batch(t: Tensor) -> Tensor:
+    """Sum over every dimension but the first.
+
+    Args:
+        t: A tensor of shape ``(b, ...)``.
+
+    Returns:
+        A tensor of shape ``(b,)``.
+
+    Example:
+        >>> sum_except_batch(torch.ones(2, 3, 4))
+        tensor([12., 12.])
+    """
+    if t.dim() == 0:
+        raise ValueError("sum_except_batch needs a tensor with a batch dimension, got a scalar")
+    return t.reshape(t.shape[0], -1).sum(dim=1)
+
+
+def continuous_bernoulli_log_norm(logits: Tensor, *, taylor_band: float = 1e-2) -> Tensor:
+    r"""Log normalizing constant :math:`\log C(\lambda)` of the continuous Bernoulli.
+
+    For :math:`\lambda = \sigma(\text{logits}) \ne \tfrac12`,
+
+    .. math::
+        C(\lambda) = \frac{2\,\operatorname{artanh}(1 - 2\lambda)}{1 - 2\lambda}
+        = \frac{\text{logits}}{2\lambda - 1},
+
+    and :math:`C \to 2` as :math:`\lambda \to \tfrac12`, where the Taylor expansion
+    :math:`\log C \approx \log 2 + \tfrac13 t^2 + \tfrac{13}{90} t^4`, :math:`t = 1 - 2\lambda`,
+    replaces the 0/0 form (Loaiza-Ganem & Cunningham, 2019).
+
+    Args:
+        logits: Logits of :math:`\lambda`.
+        taylor_band: Half-width of the band around :math:`\lambda = 1/2` where the series is used.
+
+    Returns:
+        ``log C`` elementwise, shaped like ``logits``.
+    """
+    lam = torch.sigmoid(logits)
+    u = lam - 0.5
+    near = u.abs() < taylor_band
+    # Evaluate the exact branch on safe logits so its gradient is finite where the series is used.
+    safe = torch.where(near, torch.full_like(logits, 1.0), logits)
+    # 2*lam - 1 = tanh(logits / 2), which keeps precision for large |logits|.
+    exact = torch.log(safe.abs()) - torch.log(torch.tanh(safe.abs() / 2))
+    t2 = (2.0 * u).pow(2)
+    series = math.log(2.0) + t2 / 3.0 + t2.pow(2) * (13.0 / 90.0)
+    return torch.where(near, series, exact)
+
+
+def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
+    """Elementwise Bernoulli negative log-likelihood from logits (binary cross-entropy).
+
+    Computed as ``softplus(logits) - x * logits``, which never takes the log of a rounded
+    sigmoid and so stays finite for any logits.
+    """
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="none")
