@@ -109,7 +109,7 @@ def gaussian_kl(
 
 
 def gaussian_kl_from_std(mu: Tensor, std: Tensor, *, eps: float = 1e-8) -> Tensor:
-    r"""Elementwise KL to :math:`\mathcal N(0, 1)` from a standard deviation, as the article writes it.
+    r"""Elementwise KL to :math:`\mathcal N(0, 1)` from a standard deviation, as in the article.
 
     .. math::
         \tfrac12\left(\mu^2 + \sigma^2 - \log(\epsilon + \sigma^2) - 1\right)
@@ -124,6 +124,13 @@ def gaussian_kl_from_std(mu: Tensor, std: Tensor, *, eps: float = 1e-8) -> Tenso
 
     Returns:
         The unreduced KL, shaped like ``mu``.
+
+    Raises:
+        ValueError: If ``mu`` and ``std`` differ in shape.
+
+    Example:
+        >>> gaussian_kl_from_std(torch.tensor([0.0, 1.0]), torch.tensor([1.0, 0.0]))
+        tensor([0.0000, 9.2103])
     """
     _check_same_shape("mu", mu, "std", std)
     var = std.pow(2)
@@ -144,6 +151,10 @@ def gaussian_log_prob(x: Tensor, mu: Tensor | float = 0.0, logvar: Tensor | floa
 
     Returns:
         The unreduced log-density, in nats, shaped like the broadcast of the inputs.
+
+    Example:
+        >>> gaussian_log_prob(torch.tensor([0.0, 1.0]))
+        tensor([-0.9189, -1.4189])
     """
     logvar = torch.as_tensor(logvar, dtype=x.dtype, device=x.device)
     return -0.5 * (_LOG_2PI + logvar + (x - mu).pow(2) * torch.exp(-logvar))
@@ -158,13 +169,18 @@ def sum_except_batch(t: Tensor) -> Tensor:
     Returns:
         A tensor of shape ``(b,)``.
 
+    Raises:
+        ValueError: If ``t`` is a scalar.
+
     Example:
         >>> sum_except_batch(torch.ones(2, 3, 4))
         tensor([12., 12.])
     """
     if t.dim() == 0:
         raise ValueError("sum_except_batch needs a tensor with a batch dimension, got a scalar")
-    return t.reshape(t.shape[0], -1).sum(dim=1)
+    if t.dim() == 1:
+        return t
+    return t.flatten(1).sum(dim=1)  # flatten, unlike reshape(b, -1), also takes an empty batch
 
 
 def continuous_bernoulli_log_norm(logits: Tensor, *, taylor_band: float = 1e-2) -> Tensor:
@@ -186,6 +202,10 @@ def continuous_bernoulli_log_norm(logits: Tensor, *, taylor_band: float = 1e-2) 
 
     Returns:
         ``log C`` elementwise, shaped like ``logits``.
+
+    Example:
+        >>> continuous_bernoulli_log_norm(torch.tensor([0.0, 2.0, -50.0]))
+        tensor([0.6931, 0.9655, 3.9120])
     """
     lam = torch.sigmoid(logits)
     u = lam - 0.5
@@ -204,5 +224,16 @@ def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
 
     Computed as ``softplus(logits) - x * logits``, which never takes the log of a rounded
     sigmoid and so stays finite for any logits.
+
+    Args:
+        logits: Logits of the success probability.
+        x: Targets in ``[0, 1]``, same shape as ``logits``.
+
+    Returns:
+        The unreduced NLL, in nats, shaped like ``logits``.
+
+    Example:
+        >>> bernoulli_nll(torch.tensor([0.0, 100.0]), torch.tensor([1.0, 0.0]))
+        tensor([  0.6931, 100.0000])
     """
     return F.binary_cross_entropy_with_logits(logits, x, reduction="none")

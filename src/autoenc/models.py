@@ -105,8 +105,27 @@ def _check_modules(encoder: Any, decoder: Any) -> None:
             raise TypeError(f"{arg} must be a torch.nn.Module, got {type(module).__name__}")
 
 
+_RESHAPES = (nn.Flatten, nn.Unflatten, nn.Identity)
+
+
+def _ends_in_sigmoid(module: nn.Module) -> bool:
+    if getattr(module, "final_activation", None) == "sigmoid":
+        return True
+    # A user nn.Sequential: look through trailing reshapes (nn.Unflatten, einops Rearrange, ...).
+    while isinstance(module, nn.Sequential):
+        layers = [m for m in module if not _is_reshape(m)]
+        if not layers:
+            return False
+        module = layers[-1]
+    return isinstance(module, nn.Sigmoid)
+
+
+def _is_reshape(module: nn.Module) -> bool:
+    return isinstance(module, _RESHAPES) or type(module).__name__ in ("Rearrange", "Reshape")
+
+
 def _check_decoder_output(decoder: nn.Module, likelihood: Likelihood) -> None:
-    if likelihood.output == "logits" and getattr(decoder, "final_activation", None) == "sigmoid":
+    if likelihood.output == "logits" and _ends_in_sigmoid(decoder):
         raise ValueError(
             f"the {likelihood.name!r} likelihood expects the decoder to emit logits, but the "
             "decoder ends in a sigmoid; build it with final_activation=None"
@@ -145,6 +164,14 @@ class _ReconMixin:
             if not torch.isfinite(x).all():
                 raise ValueError("x contains NaN or Inf values")
             self.likelihood.check_target(x)
+
+    def _check_params(self, params: Tensor, x: Tensor) -> None:
+        if params.shape[:1] != x.shape[:1] or params.numel() != x.numel():
+            raise ValueError(
+                f"the decoder output has shape {tuple(params.shape)}, which does not match the "
+                f"input x of shape {tuple(x.shape)} (same batch size and elements per datum "
+                "expected)"
+            )
 
     def _reduce(self, elementwise: Tensor, x: Tensor) -> Tensor:
         total = sum_except_batch(elementwise).mean()  # (b, ...) -> scalar
@@ -190,7 +217,8 @@ class Autoencoder(_ReconMixin, nn.Module):
 
     Example:
         >>> from autoenc import Encoder, Decoder
-        >>> ae = Autoencoder(Encoder(784, [64], 8), Decoder(8, [64], 784, final_activation="sigmoid"))
+        >>> dec = Decoder(8, [64], 784, final_activation="sigmoid")
+        >>> ae = Autoencoder(Encoder(784, [64], 8), dec)
         >>> ae.loss(torch.rand(4, 784)).loss.shape
         torch.Size([])
     """
@@ -223,12 +251,14 @@ class Autoencoder(_ReconMixin, nn.Module):
     def forward(self, x: Tensor) -> AEOutput:
         z = self.encoder(x)
         params = self.decoder(z)
+        self._check_params(params, x)
         return AEOutput(x_hat=self.likelihood.mean(params).reshape(x.shape), z=z, params=params)
 
     def loss(self, x: Tensor) -> LossOutput:
         """Reconstruction loss of a batch, reduced by ``reduction``."""
         self._check_input(x)
         params = self.decoder(self.encoder(x))
+        self._check_params(params, x)
         recon = self._reduce(self.likelihood.nll(params.reshape(x.shape), x), x)
         return LossOutput(loss=recon, recon=recon.detach())
 
@@ -302,17 +332,22 @@ class GaussianVAE(_ReconMixin, nn.Module):
     ) -> None:
         super().__init__()
         _check_modules(encoder, decoder)
-        if not (isinstance(latent_dim, int) and not isinstance(latent_dim, bool) and latent_dim > 0):
+        if isinstance(latent_dim, bool) or not (isinstance(latent_dim, int) and latent_dim > 0):
             raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
         _check_choice(posterior, _POSTERIORS, "posterior")
         _check_choice(reduction, _REDUCTIONS, "reduction")
         if not (isinstance(beta, (int, float)) and beta >= 0 and math.isfinite(beta)):
             raise ValueError(f"beta must be a non-negative finite number, got {beta!r}")
-        if not (isinstance(free_bits, (int, float)) and free_bits >= 0):
-            raise ValueError(f"free_bits must be a non-negative number, got {free_bits!r}")
-        low, high = logvar_clamp
+        if not (isinstance(free_bits, (int, float)) and 0 <= free_bits < math.inf):
+            raise ValueError(f"free_bits must be a non-negative finite number, got {free_bits!r}")
+        try:
+            low, high = (float(v) for v in logvar_clamp)
+        except (TypeError, ValueError):
+            low = high = math.nan
         if not low < high:
-            raise ValueError(f"logvar_clamp must be (low, high) with low < high, got {logvar_clamp}")
+            raise ValueError(
+                f"logvar_clamp must be (low, high) with low < high, got {logvar_clamp!r}"
+            )
         enc_out = getattr(encoder, "out_features", None)
         if enc_out is not None and enc_out != 2 * latent_dim:
             raise ValueError(
@@ -356,11 +391,15 @@ class GaussianVAE(_ReconMixin, nn.Module):
         q = self.encode(x)
         if eps is None:
             eps = torch.randn_like(q.mu)
-        if self.posterior == "sigma":
-            z = q.mu + q.std * eps
-        else:
-            z = reparameterize(q.mu, q.logvar, eps)
+        elif eps.shape != q.mu.shape:
+            raise ValueError(
+                f"eps must have the posterior's shape (b, latent_dim) = {tuple(q.mu.shape)}, "
+                f"got {tuple(eps.shape)}"
+            )
+        # "sigma" is the article's draw: std is the encoder's raw output (0 or even negative).
+        z = q.mu + q.std * eps if self.posterior == "sigma" else reparameterize(q.mu, q.logvar, eps)
         params = self.decoder(z)
+        self._check_params(params, x)
         x_hat = self.likelihood.mean(params).reshape(x.shape)
         return VAEOutput(x_hat=x_hat, params=params, z=z, mu=q.mu, logvar=q.logvar, std=q.std)
 
@@ -388,7 +427,9 @@ class GaussianVAE(_ReconMixin, nn.Module):
     def reconstruct(self, x: Tensor) -> Tensor:
         """Decode the posterior mean of ``x`` in eval mode, without gradients."""
         with _eval_mode(self):
-            return self.decode(self.encode(x).mu).reshape(x.shape)
+            params = self.decoder(self.encode(x).mu)
+            self._check_params(params, x)
+            return self.likelihood.mean(params).reshape(x.shape)
 
     @torch.no_grad()
     def sample(
@@ -405,7 +446,7 @@ class GaussianVAE(_ReconMixin, nn.Module):
             generator: Optional generator for reproducible draws.
             device: Where to draw; defaults to the model's device.
         """
-        if not (isinstance(n, int) and n > 0):
+        if not (isinstance(n, int) and not isinstance(n, bool) and n > 0):
             raise ValueError(f"n must be a positive int, got {n!r}")
         if device is None:
             device = next(self.parameters()).device
@@ -430,16 +471,18 @@ class GaussianVAE(_ReconMixin, nn.Module):
         }
 
 
-
 class _eval_mode:
-    """Context manager: put a module in eval mode and restore its previous mode on exit."""
+    """Context manager: put a module in eval mode and restore every submodule's mode on exit."""
 
     def __init__(self, module: nn.Module) -> None:
-        self.module, self.was_training = module, module.training
+        self.module = module
+        self.modes = [(m, m.training) for m in module.modules()]
 
     def __enter__(self) -> nn.Module:
         self.module.eval()
         return self.module
 
     def __exit__(self, *exc: object) -> None:
-        self.module.train(self.was_training)
+        self.module.train(self.modes[0][1])  # runs any train() override of the user's modules
+        for m, training in self.modes:  # then a submodule kept in eval (frozen BN) stays so
+            m.training = training

@@ -48,9 +48,24 @@ def _as_shape(shape: int | Sequence[int], arg: str) -> tuple[int, ...]:
     return dims
 
 
-def _check_widths(hidden: Sequence[int]) -> tuple[int, ...]:
+def _is_width(w: Any) -> bool:
+    return isinstance(w, int) and not isinstance(w, bool) and w > 0
+
+
+def _check_width(width: Any, arg: str) -> int:
+    if not _is_width(width):
+        raise ValueError(f"{arg} must be a positive int, got {width!r}")
+    return width
+
+
+def _check_widths(hidden: Any) -> tuple[int, ...]:
+    if isinstance(hidden, (int, str)) or not isinstance(hidden, Sequence):
+        raise ValueError(
+            "hidden must be a list of positive ints (e.g. [256, 64], or [] for none), "
+            f"got {hidden!r}"
+        )
     widths = tuple(hidden)
-    if not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
+    if not all(_is_width(w) for w in widths):
         raise ValueError(f"hidden widths must be positive ints, got {list(hidden)!r}")
     return widths
 
@@ -67,7 +82,7 @@ def mlp(
     hidden: Sequence[int],
     out_features: int,
     *,
-    activation: str = "relu",
+    activation: str | None = "relu",
     norm: str | None = None,
     dropout: float = 0.0,
     final_activation: str | None = None,
@@ -78,7 +93,8 @@ def mlp(
         in_features: Width of the input.
         hidden: Widths of the hidden layers, in order (may be empty).
         out_features: Width of the output.
-        activation: Name of the activation after each hidden layer (see :data:`ACTIVATIONS`).
+        activation: Name of the activation after each hidden layer (see :data:`ACTIVATIONS`);
+            ``None`` for none.
         norm: ``"batch"``, ``"layer"`` or ``None``: normalization after each hidden ``Linear``.
         dropout: Dropout probability after each hidden activation.
         final_activation: Activation after the last ``Linear`` (``None`` for none).
@@ -101,7 +117,11 @@ def mlp(
           (5): ReLU()
         )
     """
-    widths = _check_widths([in_features, *hidden, out_features])
+    widths = (
+        _check_width(in_features, "in_features"),
+        *_check_widths(hidden),
+        _check_width(out_features, "out_features"),
+    )
     _make_activation(activation, "activation")
     if norm is not None and norm not in _NORMS:
         raise ValueError(f"norm must be one of {_NORMS} or None, got {norm!r}")
@@ -115,7 +135,9 @@ def mlp(
             layers.append(nn.BatchNorm1d(d_out))
         elif norm == "layer":
             layers.append(nn.LayerNorm(d_out))
-        layers.append(_make_activation(activation, "activation"))
+        act = _make_activation(activation, "activation")
+        if act is not None:
+            layers.append(act)
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
     layers.append(nn.Linear(widths[-2], widths[-1]))
@@ -140,6 +162,7 @@ class Encoder(nn.Module):
         final_activation: Activation after the last layer (the article uses ``"relu"``).
 
     Example:
+        >>> import torch
         >>> enc = Encoder((1, 28, 28), [256, 64], 20, final_activation="relu")
         >>> enc(torch.zeros(5, 1, 28, 28)).shape
         torch.Size([5, 20])
@@ -207,6 +230,7 @@ class Decoder(nn.Module):
             Bernoulli likelihoods).
 
     Example:
+        >>> import torch
         >>> dec = Decoder(10, [64, 256], (1, 28, 28), final_activation="sigmoid")
         >>> dec(torch.zeros(5, 10)).shape
         torch.Size([5, 1, 28, 28])
@@ -255,4 +279,3 @@ class Decoder(nn.Module):
                 f"Decoder expects input of shape (b, {self.in_features}), got {tuple(z.shape)}"
             )
         return self.unflatten(self.net(z))  # (b, d) -> (b, *out_shape)
-

@@ -36,7 +36,9 @@ def build_module(config: dict[str, Any]) -> nn.Module:
     kwargs = dict(config)
     kind = kwargs.pop("type", None)
     if kind not in _MODULES:
-        raise ValueError(f"unknown module type {kind!r} in config; expected one of {sorted(_MODULES)}")
+        raise ValueError(
+            f"unknown module type {kind!r} in config; expected one of {sorted(_MODULES)}"
+        )
     return _MODULES[kind](**kwargs)
 
 
@@ -141,7 +143,7 @@ def load(
             f"{str(path)!r} is not an autoenc model file (format {payload.get('format')!r}); "
             "a fit() checkpoint loads with autoenc.load_checkpoint"
         )
-    saved_kind = payload["kind"]
+    saved_kind = payload.get("kind")
     expected = kind if isinstance(kind, str) or kind is None else kind.__name__
     if model is not None:
         expected = type(model).__name__

@@ -1,0 +1,255 @@
+"""The maths in ``autoenc.functional``, checked against ``torch.distributions``."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.distributions import Bernoulli, ContinuousBernoulli, Normal, kl_divergence
+
+from autoenc.functional import (
+    bernoulli_nll,
+    continuous_bernoulli_log_norm,
+    gaussian_kl,
+    gaussian_kl_from_std,
+    gaussian_log_prob,
+    reparameterize,
+    sum_except_batch,
+)
+
+PROPERTY = settings(max_examples=40, deadline=None)
+
+# --- strategies
+
+
+@st.composite
+def tensors(draw, n: int, *, low: float, high: float) -> list[torch.Tensor]:
+    """``n`` float64 tensors of one random shape (1 to 3 dims), values in [low, high]."""
+    shape = draw(st.lists(st.integers(1, 4), min_size=1, max_size=3))
+    numel = math.prod(shape)
+    values = st.floats(low, high, allow_nan=False, allow_infinity=False)
+    return [
+        torch.tensor(
+            draw(st.lists(values, min_size=numel, max_size=numel)), dtype=torch.float64
+        ).reshape(shape)
+        for _ in range(n)
+    ]
+
+
+def _normal(mu: torch.Tensor, logvar: torch.Tensor) -> Normal:
+    return Normal(mu, torch.exp(0.5 * logvar))
+
+
+# --- reparameterize
+
+
+def test_reparameterize_is_deterministic_given_eps() -> None:
+    mu, logvar, eps = torch.randn(3, 5), torch.randn(3, 5), torch.randn(3, 5)
+    z = reparameterize(mu, logvar, eps)
+    torch.testing.assert_close(z, mu + torch.exp(0.5 * logvar) * eps)
+    torch.testing.assert_close(reparameterize(mu, logvar, eps), z, rtol=0, atol=0)
+
+
+def test_reparameterize_gradients_flow_to_mu_and_logvar() -> None:
+    mu = torch.randn(4, 3, requires_grad=True)
+    logvar = torch.randn(4, 3, requires_grad=True)
+    eps = torch.randn(4, 3)
+    reparameterize(mu, logvar, eps).sum().backward()
+    torch.testing.assert_close(mu.grad, torch.ones_like(mu))
+    torch.testing.assert_close(logvar.grad, 0.5 * torch.exp(0.5 * logvar.detach()) * eps)
+
+
+def test_reparameterize_random_draws_have_the_posterior_moments() -> None:
+    n = 200_000
+    mu = torch.full((n,), 2.0)
+    logvar = torch.full((n,), math.log(0.25))  # std 0.5
+    z = reparameterize(mu, logvar)
+    # Standard errors: mean 0.5 / sqrt(n) ~ 1e-3, std ~ 8e-4; 5e-3 is > 5 standard errors.
+    assert abs(z.mean().item() - 2.0) < 5e-3
+    assert abs(z.std().item() - 0.5) < 5e-3
+    assert not torch.equal(
+        reparameterize(mu[:10], logvar[:10]), reparameterize(mu[:10], logvar[:10])
+    )
+
+
+def test_reparameterize_rejects_mismatched_shapes() -> None:
+    with pytest.raises(
+        ValueError, match=r"mu and logvar must have the same shape.*\(2, 3\).*\(3, 2\)"
+    ):
+        reparameterize(torch.zeros(2, 3), torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="mu and eps must have the same shape"):
+        reparameterize(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+# --- KL
+
+
+@PROPERTY
+@given(tensors(2, low=-10.0, high=10.0))
+def test_gaussian_kl_to_standard_normal_matches_torch(params: list[torch.Tensor]) -> None:
+    mu, logvar = params[0], params[1].clamp(-8, 8)
+    expected = kl_divergence(_normal(mu, logvar), Normal(0.0, 1.0))
+    actual = gaussian_kl(mu, logvar)
+    assert actual.shape == mu.shape
+    torch.testing.assert_close(actual, expected, rtol=1e-8, atol=1e-9)
+
+
+@PROPERTY
+@given(tensors(4, low=-6.0, high=6.0))
+def test_gaussian_kl_between_diagonal_gaussians_matches_torch(params: list[torch.Tensor]) -> None:
+    mu, logvar, mu_p, logvar_p = params
+    expected = kl_divergence(_normal(mu, logvar), _normal(mu_p, logvar_p))
+    torch.testing.assert_close(
+        gaussian_kl(mu, logvar, mu_p, logvar_p), expected, rtol=1e-8, atol=1e-9
+    )
+
+
+def test_gaussian_kl_with_only_one_prior_argument_defaults_the_other() -> None:
+    mu, logvar = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    mu_p = torch.randn(4, dtype=torch.float64)  # broadcast over the batch
+    expected = kl_divergence(_normal(mu, logvar), Normal(mu_p, torch.ones_like(mu_p)))
+    torch.testing.assert_close(gaussian_kl(mu, logvar, mu_p=mu_p), expected)
+    logvar_p = torch.randn(4, dtype=torch.float64)
+    expected = kl_divergence(
+        _normal(mu, logvar), _normal(torch.zeros(4, dtype=torch.float64), logvar_p)
+    )
+    torch.testing.assert_close(gaussian_kl(mu, logvar, logvar_p=logvar_p), expected)
+
+
+def test_gaussian_kl_is_zero_at_the_prior_and_rejects_mismatched_shapes() -> None:
+    assert torch.equal(gaussian_kl(torch.zeros(2, 3), torch.zeros(2, 3)), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="same shape"):
+        gaussian_kl(torch.zeros(2, 3), torch.zeros(2, 2))
+
+
+def _article_kl(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The article's KL, elementwise (before its sum and division)."""
+    return 0.5 * (
+        torch.pow(mu, 2) + torch.pow(sigma, 2) - torch.log(1e-8 + torch.pow(sigma, 2)) - 1
+    )
+
+
+def test_gaussian_kl_from_std_is_the_articles_formula() -> None:
+    mu = torch.randn(5, 10)
+    sigma = torch.relu(torch.randn(5, 10))  # the article's sigma comes out of a ReLU: zeros occur
+    assert (sigma == 0).any()
+    actual = gaussian_kl_from_std(mu, sigma)
+    assert torch.isfinite(actual).all()
+    torch.testing.assert_close(actual, _article_kl(mu, sigma), rtol=0, atol=0)
+
+
+@PROPERTY
+@given(tensors(2, low=-5.0, high=5.0))
+def test_gaussian_kl_from_std_without_eps_equals_gaussian_kl(params: list[torch.Tensor]) -> None:
+    mu, log_std = params
+    std = torch.exp(log_std)
+    torch.testing.assert_close(
+        gaussian_kl_from_std(mu, std, eps=0.0),
+        gaussian_kl(mu, torch.log(std**2)),
+        rtol=1e-8,
+        atol=1e-9,
+    )
+
+
+def test_gaussian_kl_from_std_rejects_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="mu and std must have the same shape"):
+        gaussian_kl_from_std(torch.zeros(2, 3), torch.ones(3))
+
+
+# --- log-densities
+
+
+@PROPERTY
+@given(tensors(3, low=-5.0, high=5.0))
+def test_gaussian_log_prob_matches_torch(params: list[torch.Tensor]) -> None:
+    x, mu, logvar = params
+    torch.testing.assert_close(
+        gaussian_log_prob(x, mu, logvar), _normal(mu, logvar).log_prob(x), rtol=1e-8, atol=1e-9
+    )
+
+
+def test_gaussian_log_prob_defaults_and_broadcasting() -> None:
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(gaussian_log_prob(x), Normal(0.0, 1.0).log_prob(x))
+    torch.testing.assert_close(
+        gaussian_log_prob(x, 1.5, math.log(4.0)), Normal(1.5, 2.0).log_prob(x)
+    )
+    mu, logvar = torch.randn(4), torch.randn(4)  # one Gaussian per column
+    torch.testing.assert_close(gaussian_log_prob(x, mu, logvar), _normal(mu, logvar).log_prob(x))
+
+
+def test_sum_except_batch() -> None:
+    t = torch.randn(3, 2, 4, 5)
+    out = sum_except_batch(t)
+    assert out.shape == (3,)
+    torch.testing.assert_close(out, t.sum(dim=(1, 2, 3)))
+    torch.testing.assert_close(sum_except_batch(torch.arange(3.0)), torch.arange(3.0))
+    assert sum_except_batch(torch.zeros(0, 4)).shape == (0,)
+    with pytest.raises(ValueError, match="batch dimension.*scalar"):
+        sum_except_batch(torch.tensor(1.0))
+
+
+def test_bernoulli_nll_matches_torch_and_stays_finite() -> None:
+    logits = torch.tensor([-100.0, -20.0, -1.0, 0.0, 0.5, 20.0, 100.0])
+    x = torch.tensor([1.0, 0.0, 1.0, 0.3, 0.0, 1.0, 0.0])
+    expected = -Bernoulli(logits=logits.double(), validate_args=False).log_prob(x.double())
+    actual = bernoulli_nll(logits, x)
+    assert torch.isfinite(actual).all()
+    torch.testing.assert_close(actual.double(), expected, rtol=1e-6, atol=1e-6)
+
+
+# --- continuous Bernoulli
+
+# Logits where torch's float64 reference is accurate (it works on probabilities, which lose
+# digits as |logits| grows), dense around 0 where the Taylor band (|logits| < ~0.04) sits.
+_NEAR_ZERO = [0.0, 1e-7, -1e-7, 1e-4, -1e-4, 1e-3, -2e-3, 0.01, -0.02, 0.039, -0.041, 0.05]
+_LOGITS = torch.tensor(
+    _NEAR_ZERO + torch.linspace(-0.2, 0.2, 81).tolist() + [-20, -5, -1, 0.3, 1, 3, 7, 15, 20],
+    dtype=torch.float64,
+)
+
+
+def _torch_log_norm(logits: torch.Tensor) -> torch.Tensor:
+    """log C from torch: log_prob(x) = -BCE(logits, x) + log C, at any x."""
+    x = torch.full_like(logits, 0.3)
+    bce = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+    return ContinuousBernoulli(logits=logits).log_prob(x) + bce
+
+
+def test_continuous_bernoulli_log_norm_matches_torch_in_float64() -> None:
+    torch.testing.assert_close(
+        continuous_bernoulli_log_norm(_LOGITS), _torch_log_norm(_LOGITS), rtol=0, atol=1e-8
+    )
+
+
+def test_continuous_bernoulli_log_norm_is_accurate_in_float32() -> None:
+    actual = continuous_bernoulli_log_norm(_LOGITS.float()).double()
+    torch.testing.assert_close(actual, _torch_log_norm(_LOGITS), rtol=0, atol=2e-6)
+
+
+def test_continuous_bernoulli_log_norm_at_large_logits() -> None:
+    logits = torch.tensor([-1e4, -100.0, -50.0, 50.0, 100.0, 1e4])
+    actual = continuous_bernoulli_log_norm(logits)
+    assert torch.isfinite(actual).all()
+    # C = |l| / tanh(|l| / 2) -> |l| as |l| grows.
+    torch.testing.assert_close(actual, torch.log(logits.abs()), rtol=1e-6, atol=0)
+
+
+def test_continuous_bernoulli_log_norm_gradients_are_finite_and_right_near_zero() -> None:
+    logits = torch.tensor(_NEAR_ZERO + [-0.5, 0.7, 4.0, -30.0], dtype=torch.float64)
+    logits.requires_grad_(True)
+    continuous_bernoulli_log_norm(logits).sum().backward()
+    grad = logits.grad
+    assert torch.isfinite(grad).all()
+    # d/dl log(l / tanh(l/2)) = 1/l - 1/sinh(l), which is l/6 + O(l^3) near 0.
+    lg = logits.detach()
+    expected = torch.where(lg.abs() < 1e-3, lg / 6, 1 / lg - 1 / torch.sinh(lg))
+    torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-7)
+    # float32 too: the exact branch must not leak a NaN gradient through torch.where.
+    logits32 = torch.tensor(_NEAR_ZERO, requires_grad=True)
+    continuous_bernoulli_log_norm(logits32).sum().backward()
+    assert torch.isfinite(logits32.grad).all()
