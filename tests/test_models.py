@@ -595,3 +595,29 @@ def test_ae_rejects_bad_arguments(kwargs: dict, error: type[Exception], match: s
     args = {"encoder": Encoder(SHAPE, [8], LATENT), "decoder": nn.Linear(LATENT, D_IN), **kwargs}
     with pytest.raises(error, match=match):
         Autoencoder(**args)
+
+
+def test_iwae_objective_is_the_negative_mean_iwae_bound():
+    from autoenc.evaluation import iwae_bound
+
+    enc, dec = Encoder(12, [16], 2 * 3), Decoder(3, [16], 12)
+    vae = GaussianVAE(enc, dec, 3, objective="iwae", iwae_k=4)
+    x = torch.rand(5, 12).round()
+    eps = torch.randn(4, 5, 3)
+    out = vae.loss(x, eps=eps)
+    torch.testing.assert_close(out.loss, -iwae_bound(vae, x, 4, eps=eps).mean())
+    out.loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in vae.encoder.parameters())
+    # The logged terms keep their ELBO meaning: the closed-form KL equals the ELBO model's.
+    elbo_vae = GaussianVAE(enc, dec, 3)
+    torch.testing.assert_close(out.kl, elbo_vae.loss(x, eps=eps[0]).kl)
+
+
+def test_iwae_objective_rejects_beta_and_bad_k():
+    enc, dec = Encoder(12, [16], 2 * 3), Decoder(3, [16], 12)
+    with pytest.raises(ValueError, match="beta=1"):
+        GaussianVAE(enc, dec, 3, objective="iwae", beta=0.5)
+    with pytest.raises(ValueError, match="iwae_k"):
+        GaussianVAE(enc, dec, 3, objective="iwae", iwae_k=0)
+    with pytest.raises(ValueError, match="objective"):
+        GaussianVAE(enc, dec, 3, objective="vimco")

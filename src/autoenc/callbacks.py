@@ -1,18 +1,40 @@
 """Callbacks for :func:`autoenc.fit` and the :class:`State` they all receive.
 
 A callback overrides any of the five hooks. Every hook gets the same :class:`State` object;
-setting ``state.should_stop = True`` ends training after the current batch.
+setting ``state.should_stop = True`` ends training after the current batch (the epoch is then
+finished early: its metrics cover the batches done).
+
+Built in: :class:`ProgressBar` (added by ``fit`` unless ``verbose=False``), :class:`CSVLogger`
+and :class:`EarlyStopping`; :class:`~autoenc.checkpoint.ModelCheckpoint` lives in
+:mod:`autoenc.checkpoint` and the KL schedules in :mod:`autoenc.schedules`.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-__all__ = ["State", "Callback"]
+__all__ = [
+    "State",
+    "Callback",
+    "TermsView",
+    "RunningMean",
+    "ProgressBar",
+    "CSVLogger",
+    "EarlyStopping",
+]
 
 
 @dataclass
@@ -26,14 +48,24 @@ class State:
         epochs: The number of epochs asked for.
         epoch: Index of the current epoch, from 0.
         step: Number of optimizer steps taken so far, over the whole run.
-        batch_terms: The last batch's loss terms as floats (``loss``, ``recon``, ``kl``, ...);
-            filled only on batches where a callback or the progress bar needs them.
+        batch_terms: The last batch's loss terms as floats (``loss``, ``recon``, ``kl``, ...):
+            a read-only mapping that copies them from the device only when it is read.
         metrics: The last finished epoch's metrics, keyed ``train/loss``, ``val/loss``, ...
         history: Per-epoch metrics so far: a dict of lists, keyed like ``metrics``.
         should_stop: Set to ``True`` to stop after the current batch.
         device: The training device.
         is_main_process: ``True`` on the process that should print and write files (rank 0).
         data: Extra per-run objects callbacks may share (e.g. a fixed batch for pictures).
+        batch: Batches done in the current epoch.
+        batches_per_epoch: Batches in one epoch (``None`` when the data cannot tell).
+        epochs_completed: Epochs finished so far (their metrics are in ``history``).
+        running: The current epoch's running mean of every loss term (read it sparingly on
+            an accelerator: every read waits for the device).
+        callbacks: All callbacks of the run, in the order their hooks are called.
+        seed: The run's seed: it fixes the data order of every epoch and the validation noise.
+        has_val_data: Whether validation data was given (``val/...`` metrics will exist).
+        interrupted: ``True`` once Ctrl-C asked training to stop after the current batch.
+        exception: The exception that is ending training, seen by ``on_fit_end``; else ``None``.
     """
 
     model: nn.Module
@@ -49,6 +81,15 @@ class State:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     is_main_process: bool = True
     data: dict[str, Any] = field(default_factory=dict)
+    batch: int = 0
+    batches_per_epoch: int | None = None
+    epochs_completed: int = 0
+    running: RunningMean = field(default_factory=lambda: RunningMean())
+    callbacks: list[Callback] = field(default_factory=list)
+    seed: int | None = None
+    has_val_data: bool = False
+    interrupted: bool = False
+    exception: BaseException | None = None
 
 
 class Callback:
@@ -80,3 +121,346 @@ class Callback:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
+
+
+# ---------------------------------------------------------------------------------------------
+# running values, read without a host sync until someone looks
+
+
+class TermsView(Mapping[str, float]):
+    """A read-only mapping of term names to floats over one device vector of values.
+
+    The vector is copied to the host once, on the first read, so a loop that never looks at
+    ``state.batch_terms`` never waits for the device.
+    """
+
+    __slots__ = ("_keys", "_values", "_floats")
+
+    def __init__(self, keys: tuple[str, ...], values: Tensor) -> None:
+        self._keys, self._values, self._floats = keys, values, None
+
+    def _read(self) -> dict[str, float]:
+        if self._floats is None:
+            self._floats = dict(zip(self._keys, self._values.tolist(), strict=True))
+        return self._floats
+
+    def __getitem__(self, key: str) -> float:
+        return self._read()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return repr(self._read())
+
+
+class RunningMean:
+    """Batch-size-weighted sums of named loss terms, accumulated on the device.
+
+    ``update`` adds a vector of per-batch means times the batch size; :meth:`means` divides
+    by the number of examples (one host sync), so a smaller last batch weighs what it should.
+    """
+
+    def __init__(self) -> None:
+        self.keys: tuple[str, ...] = ()
+        self.sums: Tensor | None = None
+        self.count = 0
+
+    def reset(self) -> None:
+        """Forget everything (start of an epoch)."""
+        self.keys, self.sums, self.count = (), None, 0
+
+    def update(self, keys: tuple[str, ...], values: Tensor, n: int) -> None:
+        """Add one batch: ``values`` are the batch's mean terms (1-D, aligned with ``keys``)."""
+        if self.sums is None:
+            dtype = torch.float32 if values.device.type == "mps" else torch.float64
+            self.keys, self.sums = keys, values.detach().to(dtype) * n
+        elif keys != self.keys:
+            raise ValueError(
+                f"model.loss returned the terms {list(keys)} after {list(self.keys)}; the terms "
+                "must be the same on every batch"
+            )
+        else:
+            self.sums.add_(values.detach(), alpha=n)
+        self.count += n
+
+    def means(self) -> dict[str, float]:
+        """The mean of every term over the examples seen (an empty dict before any)."""
+        if self.sums is None or self.count == 0:
+            return {}
+        return dict(zip(self.keys, (self.sums / self.count).tolist(), strict=True))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Sums, keys and count, on the CPU."""
+        sums = None if self.sums is None else self.sums.detach().cpu()
+        return {"keys": list(self.keys), "sums": sums, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any], *, device: torch.device | None = None) -> None:
+        """Restore :meth:`state_dict`, moving the sums to ``device``."""
+        self.keys, self.count = tuple(state["keys"]), int(state["count"])
+        sums = state["sums"]
+        self.sums = None if sums is None else sums.to(device or sums.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# built-in callbacks
+
+
+def _format_metrics(metrics: Mapping[str, float], keys: tuple[str, ...]) -> str:
+    return "  ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
+
+
+class ProgressBar(Callback):
+    """Show progress: a tqdm bar per epoch on a terminal, one summary line per epoch elsewhere.
+
+    The bar shows the epoch's running loss, refreshed at most every ``refresh_seconds``. When
+    the stream is not a terminal (CI logs, files) or tqdm is not installed, it prints one line
+    per epoch instead: epoch, ``train/loss``, ``train/kl``, ``val/loss``, ``val/kl`` and time.
+    :func:`autoenc.fit` adds one unless ``verbose=False``. Only the main process prints.
+
+    Args:
+        refresh_seconds: Least time between two updates of the running loss.
+        stream: Where to write; ``sys.stderr`` for the bar, ``sys.stdout`` for lines.
+        bar: ``True``/``False`` forces the bar on/off; ``None`` picks it on a terminal.
+    """
+
+    SUMMARY_KEYS = ("train/loss", "train/kl", "val/loss", "val/kl")
+
+    def __init__(
+        self,
+        *,
+        refresh_seconds: float = 0.5,
+        stream: IO[str] | None = None,
+        bar: bool | None = None,
+    ) -> None:
+        self.refresh_seconds, self.stream, self.bar = refresh_seconds, stream, bar
+        self._tqdm: Any = None
+        self._use_bar = False
+
+    def on_fit_start(self, state: State) -> None:
+        use_bar = self.bar
+        if use_bar is None:
+            stream = self.stream or sys.stderr
+            use_bar = bool(getattr(stream, "isatty", lambda: False)())
+        if use_bar:
+            try:
+                import tqdm  # noqa: F401
+            except ImportError:
+                use_bar = False
+        self._use_bar = use_bar and state.is_main_process
+
+    def on_epoch_start(self, state: State) -> None:
+        self._start, self._last = time.monotonic(), 0.0
+        if not self._use_bar:
+            return
+        from tqdm.auto import tqdm
+
+        self._tqdm = tqdm(
+            total=state.batches_per_epoch,
+            initial=state.batch,
+            desc=f"epoch {state.epoch + 1}/{state.epochs}",
+            file=self.stream or sys.stderr,
+            dynamic_ncols=True,
+            leave=True,
+        )
+
+    def on_batch_end(self, state: State) -> None:
+        if self._tqdm is None:
+            return
+        self._tqdm.update(1)
+        now = time.monotonic()
+        if now - self._last >= self.refresh_seconds:
+            self._last = now
+            running = state.running.means()
+            self._tqdm.set_postfix({k: f"{v:.4g}" for k, v in running.items()}, refresh=False)
+
+    def on_epoch_end(self, state: State) -> None:
+        if not state.is_main_process:
+            return
+        seconds = time.monotonic() - self._start
+        summary = _format_metrics(state.metrics, self.SUMMARY_KEYS)
+        if self._tqdm is not None:
+            self._tqdm.set_postfix_str(summary, refresh=True)
+            self._tqdm.close()
+            self._tqdm = None
+            return
+        line = f"epoch {state.epoch + 1}/{state.epochs}  {summary}  {seconds:.1f}s"
+        print(line, file=self.stream or sys.stdout, flush=True)
+
+    def on_fit_end(self, state: State) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+            self._tqdm = None
+        if state.interrupted and state.is_main_process:
+            print(
+                f"interrupted in epoch {state.epoch + 1} after {state.batch} batches",
+                file=self.stream or sys.stdout,
+                flush=True,
+            )
+
+
+class CSVLogger(Callback):
+    """Write the history to a CSV file after every epoch: a column ``epoch`` and one per metric.
+
+    The whole file is rewritten atomically from ``state.history`` each time, so it always
+    matches the run, also after a resume.
+
+    Args:
+        path: The CSV file.
+
+    Example:
+        >>> import tempfile, os
+        >>> from autoenc.callbacks import State, CSVLogger
+        >>> path = os.path.join(tempfile.mkdtemp(), "log.csv")
+        >>> state = State(model=None, optimizer=None, history={"train/loss": [0.5, 0.25]})
+        >>> CSVLogger(path).on_epoch_end(state)
+        >>> print(open(path).read().strip())
+        epoch,train/loss
+        1,0.5
+        2,0.25
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def on_epoch_end(self, state: State) -> None:
+        if not state.is_main_process:
+            return
+        keys = list(state.history)
+        rows = zip(*(state.history[k] for k in keys), strict=True)
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["epoch", *keys])
+        writer.writerows([i + 1, *map(repr, row)] for i, row in enumerate(rows))
+        _write_text_atomic(self.path, out.getvalue())
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_MODES = ("min", "max")
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved for ``patience`` epochs.
+
+    The instance resets in :meth:`on_fit_start`, so it can serve several fits; its counters are
+    saved in checkpoints, so a resumed run stops where the uninterrupted one would.
+
+    Args:
+        monitor: The metric to watch (a key of ``state.metrics``).
+        patience: Epochs without improvement before stopping.
+        min_delta: The least change that counts as an improvement.
+        mode: ``"min"`` or ``"max"``: whether lower or higher is better.
+        restore_best_weights: When training ends normally (stopped or not), load the weights of
+            the best epoch back into the model. Not done when training was interrupted or
+            raised, so a checkpoint written then holds the latest weights.
+
+    Raises:
+        ValueError: (at the start of fit) ``monitor`` is a ``val/`` metric but there is no
+            validation data; (at the end of an epoch) ``monitor`` is not among the metrics.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val/loss",
+        *,
+        patience: int = 5,
+        min_delta: float = 0.0,
+        mode: str = "min",
+        restore_best_weights: bool = False,
+    ) -> None:
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if not (isinstance(patience, int) and patience >= 1):
+            raise ValueError(f"patience must be a positive int, got {patience!r}")
+        if not min_delta >= 0:
+            raise ValueError(f"min_delta must be >= 0, got {min_delta!r}")
+        self.monitor, self.patience, self.min_delta, self.mode = monitor, patience, min_delta, mode
+        self.restore_best_weights = restore_best_weights
+        self._reset()
+
+    def _reset(self) -> None:
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+        self.best_weights: dict[str, Tensor] | None = None
+
+    def on_fit_start(self, state: State) -> None:
+        self._reset()
+        check_monitor(self.monitor, state, type(self).__name__)
+
+    def improved(self, value: float) -> bool:
+        """Whether ``value`` beats the best so far by more than ``min_delta``."""
+        if math.isnan(value):
+            return False
+        if self.best is None:
+            return True
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def on_epoch_end(self, state: State) -> None:
+        value = monitored_value(self.monitor, state, type(self).__name__)
+        if self.improved(value):
+            self.best, self.best_epoch, self.wait = value, state.epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = {
+                    k: v.detach().clone() for k, v in state.model.state_dict().items()
+                }
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = state.epoch
+            state.should_stop = True
+
+    def on_fit_end(self, state: State) -> None:
+        finished = not state.interrupted and state.exception is None
+        if self.restore_best_weights and self.best_weights is not None and finished:
+            state.model.load_state_dict(self.best_weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "stopped_epoch": self.stopped_epoch,
+            "best_weights": self.best_weights,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.wait, self.stopped_epoch = state["wait"], state["stopped_epoch"]
+        self.best_weights = state["best_weights"]
+
+
+def check_monitor(monitor: str, state: State, owner: str) -> None:
+    """Fail before training when ``monitor`` is a validation metric and there is no val data."""
+    if monitor.startswith("val/") and not state.has_val_data:
+        raise ValueError(
+            f"{owner} monitors {monitor!r} but fit() got no val_data; pass val_data or "
+            f"monitor a training metric such as {'train/' + monitor[4:]!r}"
+        )
+
+
+def monitored_value(monitor: str, state: State, owner: str) -> float:
+    """``state.metrics[monitor]`` with an error naming the metrics there are."""
+    try:
+        return float(state.metrics[monitor])
+    except KeyError:
+        raise ValueError(
+            f"{owner} monitors {monitor!r}, which is not among the metrics {sorted(state.metrics)}"
+        ) from None

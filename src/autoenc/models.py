@@ -31,6 +31,7 @@ __all__ = ["LossOutput", "AEOutput", "VAEOutput", "Posterior", "Autoencoder", "G
 
 _REDUCTIONS = ("sum", "mean")
 _POSTERIORS = ("logvar", "sigma")
+_OBJECTIVES = ("elbo", "iwae")
 
 
 @dataclass
@@ -306,6 +307,11 @@ class GaussianVAE(_ReconMixin, nn.Module):
         free_bits: Minimum KL per latent dimension (batch-averaged) in the training loss, in nats
             (Kingma et al., 2016). The logged ``kl`` is always the true KL.
         logvar_clamp: ``(low, high)`` bounds for the log-variance.
+        objective: ``"elbo"`` (one draw, the default) or ``"iwae"``: the importance-weighted
+            bound of Burda et al. (2015) with ``iwae_k`` draws per example, tighter than the
+            ELBO; ``beta`` must be 1 and ``free_bits`` 0 with it. The logged ``recon`` and ``kl``
+            keep their ELBO meaning (``recon`` averaged over the draws).
+        iwae_k: Number of importance samples for ``objective="iwae"``.
         validate: Check inputs for finiteness and range on every ``loss`` call.
 
     Example:
@@ -328,10 +334,20 @@ class GaussianVAE(_ReconMixin, nn.Module):
         reduction: str = "sum",
         free_bits: float = 0.0,
         logvar_clamp: tuple[float, float] = (-30.0, 20.0),
+        objective: str = "elbo",
+        iwae_k: int = 5,
         validate: bool = True,
     ) -> None:
         super().__init__()
         _check_modules(encoder, decoder)
+        _check_choice(objective, _OBJECTIVES, "objective")
+        if isinstance(iwae_k, bool) or not (isinstance(iwae_k, int) and iwae_k > 0):
+            raise ValueError(f"iwae_k must be a positive int, got {iwae_k!r}")
+        if objective == "iwae" and (beta != 1 or free_bits != 0):
+            raise ValueError(
+                "objective='iwae' is a bound on log p(x) and has no KL weight: it needs beta=1 "
+                f"and free_bits=0, got beta={beta!r}, free_bits={free_bits!r}"
+            )
         if isinstance(latent_dim, bool) or not (isinstance(latent_dim, int) and latent_dim > 0):
             raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
         _check_choice(posterior, _POSTERIORS, "posterior")
@@ -366,6 +382,7 @@ class GaussianVAE(_ReconMixin, nn.Module):
         self.latent_dim, self.beta = latent_dim, float(beta)
         self.posterior, self.reduction = posterior, reduction
         self.free_bits, self.logvar_clamp = float(free_bits), (float(low), float(high))
+        self.objective, self.iwae_k = objective, iwae_k
         self.validate = validate
 
     def encode(self, x: Tensor) -> Posterior:
@@ -410,8 +427,14 @@ class GaussianVAE(_ReconMixin, nn.Module):
         return gaussian_kl(out.mu, out.logvar)
 
     def loss(self, x: Tensor, *, eps: Tensor | None = None) -> LossOutput:
-        """``recon + beta * kl`` for a batch (one draw of ``z``; fixed when ``eps`` is given)."""
+        """``recon + beta * kl`` for a batch (one draw of ``z``; fixed when ``eps`` is given).
+
+        With ``objective="iwae"`` the loss is the negative IWAE bound instead, and ``eps``, when
+        given, has shape ``(iwae_k, b, latent_dim)``.
+        """
         self._check_input(x)
+        if self.objective == "iwae":
+            return self._iwae_loss(x, eps)
         out = self.forward(x, eps=eps)
         recon = self._reduce(self.likelihood.nll(out.params.reshape(x.shape), x), x)
         kl_elem = self.kl_elementwise(out)  # (b, latent_dim)
@@ -422,6 +445,17 @@ class GaussianVAE(_ReconMixin, nn.Module):
             if self.reduction == "mean":
                 kl_train = kl_train / x[0].numel()
         return LossOutput(loss=recon + self.beta * kl_train, recon=recon.detach(), kl=kl.detach())
+
+    def _iwae_loss(self, x: Tensor, eps: Tensor | None) -> LossOutput:
+        from autoenc.evaluation import iwae_terms  # evaluation imports this module
+
+        t = iwae_terms(self, x, self.iwae_k, eps=eps)  # (b,) each
+        scale = x[0].numel() if self.reduction == "mean" else 1
+        return LossOutput(
+            loss=-t.bound.mean() / scale,
+            recon=t.recon.mean().detach() / scale,
+            kl=t.kl.mean().detach() / scale,
+        )
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
@@ -467,6 +501,8 @@ class GaussianVAE(_ReconMixin, nn.Module):
             "reduction": self.reduction,
             "free_bits": self.free_bits,
             "logvar_clamp": list(self.logvar_clamp),
+            "objective": self.objective,
+            "iwae_k": self.iwae_k,
             "validate": self.validate,
         }
 

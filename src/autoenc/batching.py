@@ -1,0 +1,450 @@
+"""Turning training data into batches of float tensors on the training device.
+
+:func:`make_batches` accepts a tensor, an ``(x, y)`` pair (labels are dropped), a
+``TensorDataset`` (or a ``Subset`` of one), a NumPy array, any map-style ``Dataset`` or a
+``DataLoader``, and returns a :class:`Batches` object that yields ``x`` only, as a float tensor
+on the device: ``uint8`` pixels are scaled to ``[0, 1]``, ``bool`` becomes ``0.``/``1.``,
+floating-point data keeps its dtype.
+
+Tensors take a fast path: the whole set stays in memory (moved to the training device once when
+it fits there, kept ``uint8`` until each batch is converted), and an epoch is one seeded
+permutation sliced into batches: no per-sample Python and no ``DataLoader``. A map-style dataset
+is read one item at a time in the same seeded order; a ``DataLoader`` is used as it is.
+
+The order of epoch ``e`` depends only on the seed drawn from ``generator`` and on ``e``
+(:meth:`Batches.set_epoch`), so a resumed run sees the same batches as an uninterrupted one.
+With ``world_size > 1`` every rank takes a disjoint shard of the same permutation (for
+``DistributedDataParallel``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
+
+__all__ = ["Batches", "TensorBatches", "DatasetBatches", "LoaderBatches", "make_batches"]
+
+_SEED_BOUND = 2**62
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def to_float(x: Tensor, device: torch.device, *, what: str = "data") -> Tensor:
+    """Move ``x`` to ``device`` and make it floating point (``uint8`` / 255, ``bool`` -> 0/1).
+
+    The move comes first, so ``uint8`` images cross to an accelerator at a quarter of the size.
+    """
+    x = x.to(device, non_blocking=True)
+    if x.dtype == torch.uint8:
+        return x.to(torch.get_default_dtype()).div_(255)
+    if x.dtype == torch.bool:
+        return x.to(torch.get_default_dtype())
+    if x.is_floating_point():
+        return x
+    raise TypeError(
+        f"{what} must hold floating-point, uint8 (pixels, scaled by 1/255) or bool values, got "
+        f"dtype {x.dtype}; convert it yourself, e.g. x.float()"
+    )
+
+
+def _check_dtype(x: Tensor, what: str) -> None:
+    if not (x.is_floating_point() or x.dtype in (torch.uint8, torch.bool)):
+        to_float(x[:0], torch.device("cpu"), what=what)  # raises the TypeError
+
+
+def _first(item: Any) -> Any:
+    """``x`` of an ``(x, y, ...)`` item or batch; anything else is ``x`` itself."""
+    if isinstance(item, (tuple, list)):
+        if not item:
+            raise ValueError("a data item is an empty tuple; expected x or (x, y)")
+        return item[0]
+    return item
+
+
+def _item_tensor(item: Any) -> Tensor:
+    """One dataset item as a tensor: PIL images become ``(c, h, w)`` uint8 as ``ToTensor`` does."""
+    x = _first(item)
+    if isinstance(x, Tensor):
+        return x
+    if type(x).__module__.startswith("PIL."):
+        import numpy as np
+
+        x = torch.from_numpy(np.array(x, copy=True))
+        return x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)  # (h, w, c) -> (c, h, w)
+    if type(x).__module__ == "numpy":
+        return torch.from_numpy(x)
+    raise TypeError(
+        f"dataset items must be tensors, PIL images or NumPy arrays (or tuples starting with one), "
+        f"got {type(x).__name__}"
+    )
+
+
+def _check_positive_int(value: Any, name: str) -> int:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _resolve_device(device: Any) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"device must be a torch.device or a device string, got {device!r}"
+        ) from err
+
+
+def _fits_on(x: Tensor, device: torch.device) -> bool:
+    """Whether the whole of ``x`` should live on ``device``: on the CPU always; on CUDA when it
+    takes at most half of the free memory."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return x.numel() * x.element_size() <= free // 2
+
+
+def _tensor_of(data: Any) -> Tensor | None:
+    """The ``x`` tensor of data that can take the fast path, or ``None``."""
+    if isinstance(data, Tensor):
+        return data
+    if type(data).__module__ == "numpy" and hasattr(data, "shape"):
+        return torch.from_numpy(data)
+    if isinstance(data, TensorDataset):
+        return data.tensors[0]
+    if isinstance(data, Subset) and isinstance(data.dataset, TensorDataset):
+        indices = torch.as_tensor(list(data.indices), dtype=torch.long)
+        return data.dataset.tensors[0].index_select(0, indices)
+    if isinstance(data, tuple | list) and 1 <= len(data) <= 3 and isinstance(data[0], Tensor):
+        if not all(isinstance(t, Tensor) for t in data):
+            raise TypeError(
+                "a data tuple must be (x,) or (x, y) tensors, got "
+                f"({', '.join(type(t).__name__ for t in data)})"
+            )
+        lengths = {t.shape[0] if t.dim() else None for t in data}
+        if len(lengths) != 1:
+            raise ValueError(
+                "the tensors of a data tuple must have the same length (first dimension), got "
+                f"shapes {[tuple(t.shape) for t in data]}"
+            )
+        return data[0]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the three kinds of batches
+
+
+class Batches:
+    """Batches of ``x`` for one rank: iterate for one epoch; :meth:`set_epoch` picks the order.
+
+    Attributes:
+        batch_size: Examples per batch (the last one may be smaller unless ``drop_last``).
+        device: Where the batches are.
+        seed: The seed of the shuffle (the order of epoch ``e`` uses ``seed + e``), or ``None``.
+    """
+
+    batch_size: int
+    device: torch.device
+    seed: int | None = None
+    transform: Callable[[Tensor], Tensor] | None = None
+
+    def __init__(self) -> None:
+        self.epoch, self._skip = 0, 0
+
+    def set_epoch(self, epoch: int, *, skip: int = 0) -> None:
+        """Iterate epoch ``epoch`` next, starting after its first ``skip`` batches.
+
+        Without calls to ``set_epoch`` each iteration moves on to the next epoch by itself.
+        """
+        if not (isinstance(epoch, int) and epoch >= 0):
+            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
+        if not (isinstance(skip, int) and skip >= 0):
+            raise ValueError(f"skip must be a non-negative int, got {skip!r}")
+        self.epoch, self._skip = epoch, skip
+
+    @property
+    def num_examples(self) -> int | None:
+        """Examples this rank yields per epoch (``None`` when a ``DataLoader`` cannot tell)."""
+        raise NotImplementedError
+
+    @property
+    def dataset_size(self) -> int | None:
+        """Examples in the whole data set, over all ranks."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Tensor]:
+        skip, self._skip = self._skip, 0
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        for x in self._epoch_batches(epoch, skip):
+            yield x if self.transform is None else self.transform(x)
+
+    def _epoch_batches(self, epoch: int, skip: int) -> Iterator[Tensor]:
+        raise NotImplementedError
+
+
+class _IndexedBatches(Batches):
+    """Shared by the in-memory and map-style paths: a seeded, sharded permutation of indices."""
+
+    def __init__(
+        self,
+        n: int,
+        *,
+        batch_size: int,
+        shuffle: bool,
+        generator: torch.Generator | None,
+        device: torch.device,
+        drop_last: bool,
+        transform: Callable[[Tensor], Tensor] | None,
+        rank: int,
+        world_size: int,
+    ) -> None:
+        super().__init__()
+        self.n, self.batch_size, self.shuffle, self.device = n, batch_size, shuffle, device
+        self.drop_last, self.transform, self.rank, self.world_size = (
+            drop_last,
+            transform,
+            rank,
+            world_size,
+        )
+        if shuffle:
+            self.seed = int(torch.randint(_SEED_BOUND, (), generator=generator))
+        used = n - n % world_size if drop_last else n
+        self._shard = len(range(rank, used, world_size))
+        if self._shard == 0 or (drop_last and self._shard < batch_size):
+            raise ValueError(
+                f"the data has {n} examples: too few for rank {rank} of {world_size} to get a "
+                f"batch of {batch_size}" + (" with drop_last=True" if drop_last else "")
+            )
+
+    @property
+    def num_examples(self) -> int:
+        if self.drop_last:
+            return self._shard - self._shard % self.batch_size
+        return self._shard
+
+    @property
+    def dataset_size(self) -> int:
+        return self.n
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self._shard // self.batch_size
+        return math.ceil(self._shard / self.batch_size)
+
+    def _indices(self, epoch: int) -> Tensor:
+        """This rank's indices for ``epoch``, on the CPU."""
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.arange(self.n)
+        if self.world_size > 1:
+            used = self.n - self.n % self.world_size if self.drop_last else self.n
+            order = order[self.rank : used : self.world_size]
+        return order
+
+
+class TensorBatches(_IndexedBatches):
+    """The fast path: one in-memory tensor gathered batch by batch with a seeded permutation."""
+
+    def __init__(self, x: Tensor, **kwargs: Any) -> None:
+        if x.dim() == 0 or x.shape[0] == 0:
+            raise ValueError(f"data is empty: got a tensor of shape {tuple(x.shape)}")
+        _check_dtype(x, "data")
+        super().__init__(x.shape[0], **kwargs)
+        self.x = x.to(self.device) if _fits_on(x, self.device) else x
+
+    def _epoch_batches(self, epoch: int, skip: int) -> Iterator[Tensor]:
+        order = self._indices(epoch).to(self.x.device, non_blocking=True)
+        for b in range(skip, len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield to_float(self.x.index_select(0, idx), self.device)
+
+
+class DatasetBatches(_IndexedBatches):
+    """A map-style dataset read item by item in the seeded order, stacked into batches."""
+
+    def __init__(self, dataset: Any, **kwargs: Any) -> None:
+        n = len(dataset)
+        if n == 0:
+            raise ValueError("data is empty: the dataset has length 0")
+        super().__init__(n, **kwargs)
+        self.dataset = dataset
+
+    def _epoch_batches(self, epoch: int, skip: int) -> Iterator[Tensor]:
+        order = self._indices(epoch).tolist()
+        for b in range(skip, len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            items = [_item_tensor(self.dataset[i]) for i in idx]
+            try:
+                x = torch.stack(items)
+            except RuntimeError as err:
+                shapes = sorted({tuple(t.shape) for t in items})
+                raise ValueError(f"dataset items differ in shape: {shapes}") from err
+            yield to_float(x, self.device)
+
+
+class LoaderBatches(Batches):
+    """A ``DataLoader`` used as it is; only ``x`` of each batch is kept and converted."""
+
+    def __init__(
+        self,
+        loader: DataLoader,
+        *,
+        device: torch.device,
+        transform: Callable[[Tensor], Tensor] | None,
+    ) -> None:
+        super().__init__()
+        self.loader, self.device, self.transform = loader, device, transform
+        self.batch_size = loader.batch_size or 0
+        try:
+            length = len(loader)
+        except TypeError:
+            length = None
+        if length == 0:
+            raise ValueError("data is empty: the DataLoader yields no batches")
+
+    @property
+    def num_examples(self) -> int | None:
+        try:
+            n = len(self.loader.sampler) if self.loader.batch_size else None
+        except TypeError:
+            return None
+        if n is not None and self.loader.drop_last:
+            n -= n % self.loader.batch_size
+        return n
+
+    @property
+    def dataset_size(self) -> int | None:
+        try:
+            return len(self.loader.dataset)
+        except TypeError:
+            return None
+
+    def __len__(self) -> int:
+        try:
+            return len(self.loader)
+        except TypeError as err:
+            raise TypeError("this DataLoader has no length (an iterable-style dataset)") from err
+
+    def set_epoch(self, epoch: int, *, skip: int = 0) -> None:
+        super().set_epoch(epoch, skip=skip)
+        for sampler in (self.loader.sampler, getattr(self.loader.batch_sampler, "sampler", None)):
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+
+    def _epoch_batches(self, epoch: int, skip: int) -> Iterator[Tensor]:
+        for b, batch in enumerate(self.loader):
+            if b < skip:
+                continue
+            x = _first(batch)
+            if not isinstance(x, Tensor):
+                raise TypeError(
+                    "a DataLoader batch must be a tensor or a tuple/list starting with one, got "
+                    f"{type(x).__name__}"
+                )
+            yield to_float(x, self.device)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def make_batches(
+    data: Any,
+    *,
+    batch_size: int,
+    shuffle: bool = False,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    drop_last: bool = False,
+    transform: Callable[[Tensor], Tensor] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Batches:
+    """Batches of ``x`` as float tensors on ``device``, from any supported kind of data.
+
+    Args:
+        data: A tensor ``(n, ...)``, a NumPy array, a tuple ``(x,)``/``(x, y)`` of tensors, a
+            ``TensorDataset`` (or a ``Subset`` of one), a map-style ``Dataset`` (items ``x`` or
+            ``(x, y, ...)``; PIL images are read like ``ToTensor`` does), or a ``DataLoader``.
+            Labels are dropped.
+        batch_size: Examples per batch (ignored for a ``DataLoader``, which has its own).
+        shuffle: Draw a new permutation every epoch (ignored for a ``DataLoader``).
+        generator: Source of the shuffle's seed (one draw, at construction); the global torch
+            generator when ``None``.
+        device: Where batches are yielded. Tensors move there once, when they fit.
+        drop_last: Drop the last, smaller batch (with ``world_size > 1``: also cut the data to
+            a multiple of ``world_size``, so every rank takes the same number of steps).
+        transform: A callable applied to every float batch on the device (e.g. binarization).
+        rank: This process's rank, from 0.
+        world_size: Number of processes; each rank takes every ``world_size``-th example of
+            the shared permutation, so the shards are disjoint and cover the data.
+
+    Returns:
+        A :class:`Batches`: ``len()`` is the number of batches per epoch, iterating yields one
+        epoch, ``set_epoch(e)`` fixes the order, ``num_examples`` counts the examples yielded.
+
+    Raises:
+        ValueError: Empty data, ``batch_size`` not a positive int, a bad ``rank``/``world_size``
+            or ``device``, or tensors of different lengths in a tuple.
+        TypeError: A kind of data it cannot read, a non-numeric dtype, or a ``transform`` that
+            is not callable.
+
+    Example:
+        >>> x = torch.randint(0, 256, (10, 1, 4, 4), dtype=torch.uint8)
+        >>> batches = make_batches(x, batch_size=4, shuffle=True,
+        ...                        generator=torch.Generator().manual_seed(0))
+        >>> len(batches), batches.num_examples, [tuple(b.shape) for b in batches]
+        (3, 10, [(4, 1, 4, 4), (4, 1, 4, 4), (2, 1, 4, 4)])
+        >>> float(next(iter(batches)).max()) <= 1.0
+        True
+    """
+    _check_positive_int(batch_size, "batch_size")
+    _check_positive_int(world_size, "world_size")
+    if not (isinstance(rank, int) and 0 <= rank < world_size):
+        raise ValueError(f"rank must be an int in [0, world_size={world_size}), got {rank!r}")
+    if transform is not None and not callable(transform):
+        raise TypeError(f"transform must be callable or None, got {type(transform).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator)}")
+    device = _resolve_device(device)
+    if isinstance(data, DataLoader):
+        return LoaderBatches(data, device=device, transform=transform)
+    options = dict(
+        batch_size=batch_size,
+        shuffle=bool(shuffle),
+        generator=generator,
+        device=device,
+        drop_last=bool(drop_last),
+        transform=transform,
+        rank=rank,
+        world_size=world_size,
+    )
+    x = _tensor_of(data)
+    if x is not None:
+        return TensorBatches(x, **options)
+    if isinstance(data, IterableDataset):
+        raise TypeError("an IterableDataset has no random access: wrap it in a DataLoader")
+    if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+        if isinstance(data, (str, bytes, dict)) or (
+            isinstance(data, (list, tuple)) and data and isinstance(data[0], Tensor)
+        ):
+            raise TypeError(
+                f"cannot train on a {type(data).__name__} of tensors: stack them into one tensor "
+                "(torch.stack) or pass (x, y)"
+            )
+        return DatasetBatches(data, **options)
+    raise TypeError(
+        "data must be a tensor, an (x, y) pair, a Dataset or a DataLoader, got "
+        f"{type(data).__name__}"
+    )
