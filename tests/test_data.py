@@ -267,6 +267,18 @@ def test_failed_download_leaves_no_partial_files(tmp_path, monkeypatch):
     assert sorted(p.name for p in raw.iterdir()) == ["notes.txt"]
 
 
+def test_failed_download_removes_the_folders_it_created(tmp_path, monkeypatch):
+    def offline(request, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    with pytest.raises(DatasetNotFoundError):
+        mnist(keep / "typo" / "data")
+    assert list(keep.iterdir()) == []  # no empty typo/data/MNIST/raw left behind
+
+
 def test_download_fetches_through_torchvision(tmp_path, monkeypatch):
     from torchvision.datasets import MNIST
 

@@ -184,6 +184,8 @@ def _download(root: Path, train: bool) -> BaseException | None:
     """Download with torchvision (mirrors, md5); the error if it failed, with no partial files."""
     raw = _torchvision_root(root) / "MNIST" / "raw"
     before = set(raw.iterdir()) if raw.is_dir() else set()
+    # The outermost folder this attempt will create, so a failed download leaves none behind.
+    created = next((p for p in reversed([raw, *raw.parents]) if not p.exists()), None)
     try:
         from torchvision.datasets import MNIST
 
@@ -192,6 +194,12 @@ def _download(root: Path, train: bool) -> BaseException | None:
     except BaseException as err:
         for path in set(raw.iterdir()) - before if raw.is_dir() else ():
             path.unlink(missing_ok=True)
+        if created is not None and created.is_dir():
+            for folder in sorted((p for p in created.rglob("*") if p.is_dir()), reverse=True):
+                with contextlib.suppress(OSError):  # not empty: someone else's files
+                    folder.rmdir()
+            with contextlib.suppress(OSError):
+                created.rmdir()
         if not isinstance(err, Exception):
             raise
         return err
