@@ -244,8 +244,9 @@ def _import_visdom() -> Any:
     except ImportError as err:
         raise ImportError(
             'VisdomDashboard needs visdom: pip install "autoenc[visdom]". If building visdom '
-            "fails with \"No module named 'pkg_resources'\", retry with PIP_CONSTRAINT set to a "
-            'file that holds the line "setuptools<81"'
+            "fails with \"No module named 'pkg_resources'\", retry with both PIP_CONSTRAINT and "
+            'PIP_BUILD_CONSTRAINT set to a file that holds the line "setuptools<81" (see the '
+            "installation page of the docs)"
         ) from err
     log = logging.getLogger("visdom")
     if not any(isinstance(f, _QuietVisdomLog) for f in log.filters):

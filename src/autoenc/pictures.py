@@ -602,6 +602,7 @@ def plot_history(
             ax.plot(range(1, len(values) + 1), values, label=key, marker=marker)
         ax.set_title(name)
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         if log_scale:
             ax.set_yscale("log")
         ax.legend(fontsize="small")
