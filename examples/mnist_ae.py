@@ -8,7 +8,7 @@ windows ``x`` and ``x_hat``), ``loss.png``, ``model.pt`` and ``metrics.json`` to
 
 from __future__ import annotations
 
-from mnist_common import finish, limit, load_data, parser, train
+from mnist_common import finish, is_main_process, limit, load_data, parser, train
 
 from autoenc.recipes import article_autoencoder
 
@@ -18,7 +18,8 @@ def main() -> None:
     batch_size, lr = args.batch_size or 32, args.lr or 1e-3
     train_x, test_x = load_data(args)
     model = article_autoencoder()
-    print(model)
+    if is_main_process():
+        print(model)
     result = train(
         model, limit(train_x, args, batch_size), test_x, args, batch_size=batch_size, lr=lr
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,11 @@ from autoenc.data import DatasetNotFoundError, mnist, mnist_or_sample
 from autoenc.training import fit
 
 SECONDS_PER_EPOCH = "about 10-15 s per epoch at batch 32 on a 2-core CPU"
+
+
+def is_main_process() -> bool:
+    """Whether this process prints and writes files (rank 0 under torchrun, else always)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def parser(description: str, *, out: str) -> argparse.ArgumentParser:
@@ -112,15 +118,21 @@ def train(model, train_x, test_x, args, *, batch_size, lr, transform=None, callb
         callbacks=[*picture_callbacks(args, x_show), *callbacks],
     )
     seconds = time.perf_counter() - start
-    print(
-        f"trained {result.epochs_completed} epochs in {seconds:.1f} s "
-        f"({seconds / max(result.epochs_completed, 1):.1f} s per epoch)"
-    )
+    if result.state.is_main_process:
+        print(
+            f"trained {result.epochs_completed} epochs in {seconds:.1f} s "
+            f"({seconds / max(result.epochs_completed, 1):.1f} s per epoch)"
+        )
     return result
 
 
 def finish(model, result, test_x, args, extra: dict | None = None) -> dict:
-    """Save the model, the loss curve and a metrics JSON; print the test metrics."""
+    """Save the model, the loss curve and a metrics JSON; print the test metrics.
+
+    Under torchrun only rank 0 does this; the other processes return an empty dict.
+    """
+    if not result.state.is_main_process:
+        return {}
     out = Path(args.out)
     save(model.cpu(), out / "model.pt")
     x = test_x.float() / 255

@@ -7,6 +7,7 @@ __version__ = "0.1.0"
 from autoenc.callbacks import Callback, CSVLogger, EarlyStopping, ProgressBar, State
 from autoenc.checkpoint import ModelCheckpoint, load_checkpoint
 from autoenc.dashboards import ImageSnapshots, TensorBoardDashboard, VisdomDashboard
+from autoenc.distributed import DistributedError
 from autoenc.evaluation import (
     IWAETerms,
     LatentDiagnostics,
@@ -68,6 +69,7 @@ __all__ = [
     "evaluate",
     "FitResult",
     "NonFiniteLossError",
+    "DistributedError",
     "Callback",
     "State",
     "ProgressBar",

@@ -14,7 +14,9 @@ is read one item at a time in the same seeded order; a ``DataLoader`` is used as
 The order of epoch ``e`` depends only on the seed drawn from ``generator`` and on ``e``
 (:meth:`Batches.set_epoch`), so a resumed run sees the same batches as an uninterrupted one.
 With ``world_size > 1`` every rank takes a disjoint shard of the same permutation (for
-``DistributedDataParallel``).
+``DistributedDataParallel``): its part of every global batch of ``batch_size * world_size``
+examples, so all ranks take the same number of steps and their batches together are those of a
+single process with the global batch.
 """
 
 from __future__ import annotations
@@ -207,6 +209,7 @@ class _IndexedBatches(Batches):
         transform: Callable[[Tensor], Tensor] | None,
         rank: int,
         world_size: int,
+        equal_batches: bool,
     ) -> None:
         super().__init__()
         self.n, self.batch_size, self.shuffle, self.device = n, batch_size, shuffle, device
@@ -216,20 +219,34 @@ class _IndexedBatches(Batches):
             rank,
             world_size,
         )
+        self.equal_batches = equal_batches
         if shuffle:
             self.seed = int(torch.randint(_SEED_BOUND, (), generator=generator))
-        used = n - n % world_size if drop_last else n
-        self._shard = len(range(rank, used, world_size))
-        if self._shard == 0 or (drop_last and self._shard < batch_size):
+        step = batch_size * world_size  # examples per optimizer step over all ranks
+        if world_size > 1 and n < world_size:
             raise ValueError(
-                f"the data has {n} examples: too few for rank {rank} of {world_size} to get a "
-                f"batch of {batch_size}" + (" with drop_last=True" if drop_last else "")
+                f"the data has {n} examples, fewer than the {world_size} processes: every "
+                "process needs at least one"
             )
+        if drop_last and n < step:
+            raise ValueError(
+                f"the data has {n} examples: too few for one batch of {step}"
+                + (f" ({batch_size} on each of {world_size} processes)" if world_size > 1 else "")
+                + " with drop_last=True"
+            )
+        if world_size == 1 or equal_batches:
+            full, rest = divmod(n, step)
+            rest = 0 if drop_last else rest
+            # the last, smaller global batch: split over the ranks, padded to one example each
+            last = 0 if rest == 0 else len(range(rank, max(rest, world_size), world_size))
+            self._shard = full * batch_size + last
+            self._len = full + (rest > 0)
+        else:
+            self._shard = len(range(rank, n, world_size))
+            self._len = math.ceil(self._shard / batch_size)
 
     @property
     def num_examples(self) -> int:
-        if self.drop_last:
-            return self._shard - self._shard % self.batch_size
         return self._shard
 
     @property
@@ -237,21 +254,30 @@ class _IndexedBatches(Batches):
         return self.n
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self._shard // self.batch_size
-        return math.ceil(self._shard / self.batch_size)
+        return self._len
 
     def _indices(self, epoch: int) -> Tensor:
-        """This rank's indices for ``epoch``, on the CPU."""
+        """This rank's indices for ``epoch``, on the CPU, in the order it takes them."""
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed + epoch)
             order = torch.randperm(self.n, generator=g)
         else:
             order = torch.arange(self.n)
-        if self.world_size > 1:
-            used = self.n - self.n % self.world_size if self.drop_last else self.n
-            order = order[self.rank : used : self.world_size]
-        return order
+        w, b = self.world_size, self.batch_size
+        if w == 1:
+            return order[: self._shard]
+        if not self.equal_batches:
+            return order[self.rank :: w]
+        # global batch k is order[k*b*w : (k+1)*b*w], the union of every rank's batch k: the
+        # same examples a single process with batch b*w takes at step k
+        full = self.n // (b * w)
+        head = order[: full * b * w].reshape(full, b, w)[:, :, self.rank].reshape(-1)
+        rest = order[full * b * w :]
+        if self.drop_last or len(rest) == 0:
+            return head
+        if len(rest) < w:  # fewer examples than ranks: repeat the epoch's first ones
+            rest = torch.cat([rest, order[: w - len(rest)]])
+        return torch.cat([head, rest[self.rank :: w]])
 
 
 class TensorBatches(_IndexedBatches):
@@ -370,6 +396,7 @@ def make_batches(
     transform: Callable[[Tensor], Tensor] | None = None,
     rank: int = 0,
     world_size: int = 1,
+    equal_batches: bool = True,
 ) -> Batches:
     """Batches of ``x`` as float tensors on ``device``, from any supported kind of data.
 
@@ -383,12 +410,22 @@ def make_batches(
         generator: Source of the shuffle's seed (one draw, at construction); the global torch
             generator when ``None``.
         device: Where batches are yielded. Tensors move there once, when they fit.
-        drop_last: Drop the last, smaller batch (with ``world_size > 1``: also cut the data to
-            a multiple of ``world_size``, so every rank takes the same number of steps).
+        drop_last: Drop the last, smaller batch (with ``world_size > 1``: the last, smaller
+            global batch of ``batch_size * world_size``).
         transform: A callable applied to every float batch on the device (e.g. binarization).
         rank: This process's rank, from 0.
-        world_size: Number of processes; each rank takes every ``world_size``-th example of
-            the shared permutation, so the shards are disjoint and cover the data.
+        world_size: Number of processes. Every epoch's shared permutation is cut into global
+            batches of ``batch_size * world_size`` examples, and each rank takes its
+            ``batch_size`` of every one: rank ``r`` takes the examples at positions ``r``,
+            ``r + world_size``, ... of the global batch. The shards are disjoint and the union
+            of the ranks' ``k``-th batches is the ``k``-th batch of a single process with
+            batch ``batch_size * world_size``.
+        equal_batches: With ``world_size > 1``, make every rank yield the same number of
+            batches (needed for training, where each step is a collective): the last global
+            batch is split over the ranks, sizes differing by at most one, and when it holds
+            fewer examples than there are ranks it is padded with the epoch's first examples.
+            ``False`` (for evaluation): each rank takes every ``world_size``-th example of the
+            permutation, no example twice, and the ranks' batch counts may differ.
 
     Returns:
         A :class:`Batches`: ``len()`` is the number of batches per epoch, iterating yields one
@@ -396,7 +433,8 @@ def make_batches(
 
     Raises:
         ValueError: Empty data, ``batch_size`` not a positive int, a bad ``rank``/``world_size``
-            or ``device``, or tensors of different lengths in a tuple.
+            or ``device``, tensors of different lengths in a tuple, or fewer examples than
+            ``world_size``.
         TypeError: A kind of data it cannot read, a non-numeric dtype, or a ``transform`` that
             is not callable.
 
@@ -429,6 +467,7 @@ def make_batches(
         transform=transform,
         rank=rank,
         world_size=world_size,
+        equal_batches=bool(equal_batches),
     )
     x = _tensor_of(data)
     if x is not None:

@@ -52,9 +52,15 @@ class State:
             a read-only mapping that copies them from the device only when it is read.
         metrics: The last finished epoch's metrics, keyed ``train/loss``, ``val/loss``, ...
         history: Per-epoch metrics so far: a dict of lists, keyed like ``metrics``.
-        should_stop: Set to ``True`` to stop after the current batch.
+        should_stop: Set to ``True`` to stop after the current batch (in a distributed run,
+            set on any process, it stops all of them at the same step).
         device: The training device.
         is_main_process: ``True`` on the process that should print and write files (rank 0).
+        rank: This process's rank in a distributed run, from 0 (0 in a single process).
+        world_size: Number of processes training together (1 in a single process). In a
+            distributed run every process calls the hooks with the same counters and the
+            same metrics (averaged over all processes), so a callback that decides from them
+            (early stopping, a schedule) decides the same everywhere.
         data: Extra per-run objects callbacks may share (e.g. a fixed batch for pictures).
         batch: Batches done in the current epoch.
         batches_per_epoch: Batches in one epoch (``None`` when the data cannot tell).
@@ -80,6 +86,8 @@ class State:
     should_stop: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     is_main_process: bool = True
+    rank: int = 0
+    world_size: int = 1
     data: dict[str, Any] = field(default_factory=dict)
     batch: int = 0
     batches_per_epoch: int | None = None

@@ -27,6 +27,7 @@ from torch import nn
 
 import autoenc
 from autoenc.callbacks import Callback, State, check_monitor, monitored_value
+from autoenc.distributed import all_gather_objects, any_rank
 from autoenc.serialization import atomic_save, read_archive
 
 __all__ = ["ModelCheckpoint", "save_checkpoint", "load_checkpoint", "make_checkpoint"]
@@ -106,8 +107,16 @@ def _model_config(model: nn.Module) -> str | None:
         return None
 
 
-def make_checkpoint(state: State) -> dict[str, Any]:
-    """The checkpoint of a run as it stands (an epoch boundary or mid-epoch)."""
+def make_checkpoint(
+    state: State, *, rng_ranks: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The checkpoint of a run as it stands (an epoch boundary or mid-epoch).
+
+    Args:
+        state: The run.
+        rng_ranks: In a distributed run, every process's :func:`capture_rng` in rank order
+            (this process's RNGs are stored otherwise).
+    """
     mid_epoch = state.epochs_completed <= state.epoch
     model = state.model
     return {
@@ -127,7 +136,9 @@ def make_checkpoint(state: State) -> dict[str, Any]:
         "history": {k: list(v) for k, v in state.history.items()},
         "metrics": dict(state.metrics),
         "seed": state.seed,
-        "rng": capture_rng(),
+        "rng": capture_rng() if rng_ranks is None else rng_ranks[0],
+        "rng_ranks": rng_ranks,
+        "world_size": state.world_size,
         "callbacks": {
             key: cb.state_dict()
             for key, cb in zip(callback_keys(state.callbacks), state.callbacks, strict=True)
@@ -227,7 +238,8 @@ class ModelCheckpoint(Callback):
     When Ctrl-C interrupts training, ``last.pt`` is written at the batch where it stopped. A
     run that fails (e.g. a NaN loss) never overwrites a checkpoint, and no checkpoint is ever
     written from non-finite weights. :func:`autoenc.fit` calls this callback after all others,
-    so it stores what they changed. Only the main process writes.
+    so it stores what they changed. Only the main process writes; in a distributed run every
+    process must have the callback (it collects their RNG states for an exact resume).
 
     Args:
         dirpath: Folder for the files (created when needed).
@@ -294,7 +306,10 @@ class ModelCheckpoint(Callback):
         return value < self.best if self.mode == "min" else value > self.best
 
     def on_epoch_end(self, state: State) -> None:
-        final = state.should_stop or state.epoch + 1 >= state.epochs
+        stop = state.should_stop
+        if state.world_size > 1:  # a stop set by one process: all must write, or none
+            stop = any_rank([stop], state.device)[0]
+        final = stop or state.epoch + 1 >= state.epochs
         if not (final or (state.epoch + 1) % self.every_n_epochs == 0):
             return
         best = False
@@ -311,7 +326,12 @@ class ModelCheckpoint(Callback):
             self._write(state, [self.last_path])
 
     def _write(self, state: State, paths: list[Path]) -> None:
-        if not (paths and state.is_main_process):
+        if not paths:
+            return
+        # every process's RNGs, for an exact resume: all processes get here together, since
+        # they decide from the same metrics and flags
+        rngs = all_gather_objects(capture_rng()) if state.world_size > 1 else None
+        if not state.is_main_process:
             return
         if not weights_are_finite(state.model):
             warnings.warn(
@@ -321,7 +341,7 @@ class ModelCheckpoint(Callback):
                 stacklevel=2,
             )
             return
-        payload = make_checkpoint(state)
+        payload = make_checkpoint(state, rng_ranks=rngs)
         for path in paths:
             atomic_save(payload, path)
 
@@ -365,6 +385,24 @@ def restore_training(payload: dict[str, Any], state: State, *, source: str) -> N
     state.metrics = dict(payload["metrics"])
     if payload["running"] is not None:
         state.running.load_state_dict(payload["running"], device=state.device)
+
+
+def rng_of_rank(payload: dict[str, Any], state: State) -> dict[str, Any] | None:
+    """The RNG states this process should resume with, or ``None`` when the checkpoint has none
+    for it (it was written by a different number of processes; a warning says so)."""
+    saved = payload.get("rng_ranks")
+    if saved is not None and len(saved) == state.world_size:
+        return saved[state.rank]
+    written_by = payload.get("world_size", 1)
+    if written_by != state.world_size and state.is_main_process:
+        warnings.warn(
+            f"the checkpoint was written by {written_by} process(es) and this run has "
+            f"{state.world_size}: the data order continues exactly, but the random draws "
+            "(e.g. a VAE's noise) of the other processes cannot, so the run will differ slightly "
+            "from the uninterrupted one",
+            stacklevel=3,
+        )
+    return payload["rng"] if state.rank == 0 else None
 
 
 def restore_callbacks(payload: dict[str, Any], state: State) -> None:

@@ -205,6 +205,17 @@ class Encoder(nn.Module):
         }
 
     def forward(self, x: Tensor) -> Tensor:
+        """Flatten ``x`` when it has the shape ``(b, *in_shape)`` and run the MLP.
+
+        Args:
+            x: ``(b, *in_shape)``, or already flat ``(b, prod(in_shape))``.
+
+        Returns:
+            ``(b, out_features)``.
+
+        Raises:
+            ValueError: If ``x`` has neither shape.
+        """
         if x.dim() >= 2 and tuple(x.shape[1:]) == self.in_shape:
             x = self.flatten(x)  # (b, *in_shape) -> (b, d)
         elif not (x.dim() == 2 and x.shape[1] == self.in_features):
@@ -274,6 +285,17 @@ class Decoder(nn.Module):
         }
 
     def forward(self, z: Tensor) -> Tensor:
+        """Run the MLP on ``z`` and unflatten its output.
+
+        Args:
+            z: ``(b, in_features)``.
+
+        Returns:
+            ``(b, *out_shape)``.
+
+        Raises:
+            ValueError: If ``z`` is not ``(b, in_features)``.
+        """
         if z.dim() != 2 or z.shape[1] != self.in_features:
             raise ValueError(
                 f"Decoder expects input of shape (b, {self.in_features}), got {tuple(z.shape)}"

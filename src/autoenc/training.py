@@ -5,14 +5,14 @@ drives the callbacks of :mod:`autoenc.callbacks`. The step itself stays lean: lo
 accumulated on the device, and the host waits for the device only for the NaN/Inf guard and
 when a callback reads a value.
 
-Distributed training (issue 8) will plug in at three places only: :func:`_process_group`
-(rank and world size), :func:`_unwrap` (the module under a ``DistributedDataParallel``
-wrapper) and :func:`_reduce` (summing metric accumulators over ranks).
+Under ``torchrun`` (or in a process group the user made) ``fit`` trains data-parallel: the
+model in ``DistributedDataParallel``, each process on its part of every global batch, metrics
+over all processes, files written by rank 0 only. :mod:`autoenc.distributed` holds the
+process-group code; here the loop only calls its per-step sync.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
@@ -37,13 +37,24 @@ from autoenc.checkpoint import (
     restore_callbacks,
     restore_rng,
     restore_training,
+    rng_of_rank,
 )
+from autoenc.devices import autocast, check_precision, resolve_device
+from autoenc.distributed import (
+    DistributedSetup,
+    StepSync,
+    any_rank,
+    broadcast_int,
+    process_group,
+    sum_over_ranks,
+    unused_parameters,
+    wrap,
+)
+from autoenc.optimizers import build_optimizer, build_scheduler, is_plateau
 
 __all__ = ["fit", "evaluate", "FitResult", "NonFiniteLossError"]
 
 DEFAULT_BATCH_SIZE = 32
-DEFAULT_LR = 1e-3
-_PRECISIONS = ("fp32", "bf16")
 _INTERVALS = ("epoch", "step")
 _SEED_BOUND = 2**62
 
@@ -111,15 +122,7 @@ class FitResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# the three places distributed training will change
-
-
-def _process_group() -> tuple[int, int]:
-    """``(rank, world_size)``; single-process until DistributedDataParallel support lands."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        raise NotImplementedError("fit() does not support distributed training yet")
-    return 0, 1
+# several processes
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -127,9 +130,43 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model) if hasattr(model, "device_ids") else model
 
 
-def _reduce(meter: RunningMean) -> dict[str, float]:
-    """Means of an accumulator over all processes (one process for now)."""
-    return meter.means()
+def _reduce(meter: RunningMean, *, distributed: bool = False) -> dict[str, float]:
+    """Means of an accumulator over all processes, each example weighing the same."""
+    if not distributed:
+        return meter.means()
+    sums, count = sum_over_ranks(meter.sums, meter.count, "the validation metrics")
+    return dict(zip(meter.keys, (sums / count).tolist(), strict=True))
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    """A seed of its own for each process's random draws (noise, binarization), from the run's."""
+    return (seed + rank * 0x9E3779B97F4A7C15) % _SEED_BOUND
+
+
+def _per_rank_batch_size(batch_size: int, world_size: int, for_loader: bool) -> int:
+    if for_loader or world_size == 1:
+        return batch_size
+    if batch_size % world_size:
+        lower = batch_size - batch_size % world_size
+        raise ValueError(
+            f"batch_size={batch_size} is the global batch (examples per optimizer step over all "
+            f"{world_size} processes) and must be divisible by the number of processes; use "
+            f"{lower or world_size} or {lower + world_size}"
+        )
+    return batch_size // world_size
+
+
+def _check_loader_shards(loader: Any, world_size: int) -> None:
+    """A DataLoader must give each process its own part of the data."""
+    if world_size == 1 or isinstance(loader.dataset, torch.utils.data.IterableDataset):
+        return
+    samplers = (loader.sampler, getattr(loader.batch_sampler, "sampler", None))
+    if not any(getattr(s, "num_replicas", None) == world_size for s in samplers):
+        raise ValueError(
+            f"data is a DataLoader without a DistributedSampler for {world_size} processes, so "
+            "every process would train on all of it; build it with "
+            "sampler=DistributedSampler(dataset) or pass the dataset itself (fit shards it)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,116 +192,6 @@ def _check_model(model: Any) -> None:
             f"model ({type(model).__name__}) has no loss(x) method; fit() trains any module whose "
             "loss(x) returns a scalar tensor, a LossOutput or a dict with a 'loss' key"
         )
-
-
-def resolve_device(device: Any) -> torch.device:
-    """``"auto"`` (CUDA when available, else the CPU) or a device that exists here."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(
-            f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:<index>'"
-        ) from err
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} but CUDA is not available here; use 'cpu'")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device={device!r}: only {torch.cuda.device_count()} CUDA devices")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device={device!r} but MPS is not available here")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        try:
-            torch.empty(0, device=dev)
-        except RuntimeError as err:
-            raise ValueError(f"device {device!r} is not usable here: {err}") from err
-    return dev
-
-
-def _check_precision(precision: str, device: torch.device) -> None:
-    _check_choice(precision, _PRECISIONS, "precision")
-    if precision == "bf16":
-        supported = torch.amp.is_autocast_available(device.type)
-        if device.type == "cuda":
-            supported = supported and torch.cuda.is_bf16_supported()
-        if not supported:
-            raise ValueError(f"precision='bf16' is not supported on {device}; use 'fp32'")
-
-
-def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """Adam with the fused kernel where this torch and device have one (on the CPU it is ~5x
-    faster per step), else the multi-tensor one."""
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, ValueError, TypeError):
-        return torch.optim.Adam(params, lr=lr, foreach=True)
-
-
-def _build_optimizer(model: nn.Module, optimizer: Any, lr: float | None) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(f"the model ({type(model).__name__}) has no trainable parameters")
-    if lr is not None and not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-    if optimizer is None:
-        return _adam(params, DEFAULT_LR if lr is None else lr)
-    if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
-        return optimizer(params) if lr is None else optimizer(params, lr=lr)
-    if isinstance(optimizer, torch.optim.Optimizer):
-        if lr is not None:
-            raise ValueError("lr= cannot change an optimizer instance; set lr when you build it")
-        own = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        if not any(id(p) in own for p in params):
-            raise ValueError("the optimizer holds none of the model's parameters")
-        return optimizer
-    if callable(optimizer):
-        if lr is not None:
-            raise ValueError("lr= applies to the default Adam or an optimizer class, not a factory")
-        built = optimizer(params)
-        if not isinstance(built, torch.optim.Optimizer):
-            raise TypeError(
-                f"the optimizer factory must return a torch.optim.Optimizer, got "
-                f"{type(built).__name__}"
-            )
-        return built
-    raise TypeError(
-        "optimizer must be None, a torch.optim.Optimizer, an optimizer class or a callable "
-        f"params -> optimizer, got {type(optimizer).__name__}"
-    )
-
-
-def _is_plateau(scheduler: Any) -> bool:
-    return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-
-
-def _build_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer, interval: str) -> Any:
-    if scheduler is None:
-        return None
-    built = scheduler
-    if not (hasattr(scheduler, "step") and hasattr(scheduler, "state_dict")):
-        if not callable(scheduler):
-            raise TypeError(
-                "scheduler must be an LR scheduler or a callable optimizer -> scheduler, got "
-                f"{type(scheduler).__name__}"
-            )
-        built = scheduler(optimizer)
-        if not (hasattr(built, "step") and hasattr(built, "state_dict")):
-            raise TypeError(f"the scheduler factory returned a {type(built).__name__}")
-    if getattr(built, "optimizer", optimizer) is not optimizer:
-        raise ValueError(
-            "the scheduler was built for another optimizer; pass a factory "
-            "(e.g. lambda opt: StepLR(opt, 10)) so fit() attaches it to its optimizer"
-        )
-    if _is_plateau(built) and interval == "step":
-        raise ValueError("ReduceLROnPlateau needs an epoch metric: use scheduler_interval='epoch'")
-    return built
 
 
 def _batches(data: Any, name: str, **kwargs: Any) -> Batches:
@@ -314,9 +241,16 @@ def _nonfinite(keys: tuple[str, ...], values: Tensor, state: State) -> NonFinite
     )
 
 
-def _probe(model: nn.Module, batches: Batches, name: str, precision: str) -> None:
-    """Run ``model.loss`` on two examples of ``batches``, leaving no trace (RNG, mode, stats)."""
+def _probe(
+    model: nn.Module, batches: Batches, name: str, precision: str, *, find_unused: bool = False
+) -> tuple[tuple[str, ...], list[str]]:
+    """Run ``model.loss`` on two examples of ``batches``, leaving no trace (RNG, mode, stats).
+
+    Returns the names of the loss terms and, with ``find_unused``, of the trainable parameters
+    the loss does not use (a backward pass, for DistributedDataParallel).
+    """
     device = batches.device
+    unused: list[str] = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         try:
             x = next(iter(batches))[:2]
@@ -325,7 +259,7 @@ def _probe(model: nn.Module, batches: Batches, name: str, precision: str) -> Non
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad(), _autocast(precision, device):
+            with torch.set_grad_enabled(find_unused), autocast(precision, device):
                 out = model.loss(x)
         except Exception as err:
             raise ValueError(
@@ -334,14 +268,22 @@ def _probe(model: nn.Module, batches: Batches, name: str, precision: str) -> Non
             ) from err
         finally:
             model.train(was_training)
-    loss, terms = _loss_terms(out)
-    if not (isinstance(loss, Tensor) and loss.numel() == 1 and loss.is_floating_point()):
-        shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
-        raise ValueError(f"model.loss must return a floating-point scalar loss, got {shape}")
+        loss, terms = _loss_terms(out)
+        if not (isinstance(loss, Tensor) and loss.numel() == 1 and loss.is_floating_point()):
+            shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+            raise ValueError(f"model.loss must return a floating-point scalar loss, got {shape}")
+        if find_unused and loss.requires_grad:
+            unused = unused_parameters(model, loss)
+    return tuple(terms), unused
 
 
 def _evaluate_batches(
-    model: nn.Module, batches: Iterable[Tensor], *, precision: str, seed: int | None
+    model: nn.Module,
+    batches: Iterable[Tensor],
+    *,
+    precision: str,
+    seed: int | None,
+    distributed: bool = False,
 ) -> dict[str, float]:
     device = getattr(batches, "device", torch.device("cpu"))
     meter = RunningMean()
@@ -358,13 +300,13 @@ def _evaluate_batches(
                     with torch.cuda.device(device):
                         torch.cuda.manual_seed(seed)
             for x in batches:
-                with _autocast(precision, device):
+                with autocast(precision, device):
                     loss, terms = _loss_terms(model.loss(x))
                 dtype = torch.float64 if loss.dtype == torch.float64 else torch.float32
                 meter.update(tuple(terms), _term_vector(terms, dtype), x.shape[0])
     finally:
         model.train(was_training)
-    return _reduce(meter)
+    return _reduce(meter, distributed=distributed)
 
 
 def evaluate(
@@ -403,14 +345,13 @@ def evaluate(
     """
     _check_model(model)
     _check_int(batch_size, "batch_size", 1)
-    _check_choice(precision, _PRECISIONS, "precision")
     if device is None:
         first = next(model.parameters(), None)
         dev = first.device if first is not None else torch.device("cpu")
     else:
         dev = resolve_device(device)
-        model.to(dev)
-    _check_precision(precision, dev)
+    check_precision(precision, dev)
+    model.to(dev)
     batches = make_batches(data, batch_size=batch_size, device=dev, transform=transform)
     return _evaluate_batches(model, batches, precision=precision, seed=seed)
 
@@ -479,6 +420,8 @@ def fit(
     nan_guard: bool = True,
     verbose: bool = True,
     handle_interrupt: bool = True,
+    distributed: bool | str = "auto",
+    distributed_timeout: float | None = None,
 ) -> FitResult:
     """Train ``model`` by minimizing ``model.loss(x)`` over ``data``.
 
@@ -493,6 +436,31 @@ def fit(
     :class:`~autoenc.ModelCheckpoint` callbacks run after all others. When resuming, each
     callback's saved state is loaded after its ``on_fit_start`` (which may reset it).
 
+    **Several processes.** Started by ``torchrun`` (or inside a process group you created),
+    ``fit`` trains data-parallel with ``DistributedDataParallel``; the same script runs on one
+    process unchanged::
+
+        torchrun --standalone --nproc_per_node=4 train.py   # one machine, 4 processes
+        # two machines, 8 GPUs each: run on both, --node_rank=0 on HOST0 and 1 on the other
+        torchrun --nnodes=2 --nproc_per_node=8 --node_rank=0 \\
+            --master_addr=HOST0 --master_port=29500 train.py
+
+    It creates the process group (NCCL on CUDA, Gloo on the CPU; each process on
+    ``cuda:LOCAL_RANK``) and destroys it at the end; a group you created is left alone.
+    ``batch_size`` stays the global batch: each process takes ``batch_size // world_size``
+    examples of every global batch, so a step on ``k`` processes is a step of one process on
+    the same examples (the gradients are averaged, and weighted when the last batch splits
+    unevenly) and the hyperparameters, the data order and the number of steps do not change
+    with ``k``. Every process runs the same steps; the metrics and ``state.batch_terms`` are
+    those of the global batch, identical on every process. Only rank 0
+    (``state.is_main_process``) prints and writes checkpoints, pictures and logs; give every
+    process the same callbacks. A stop (early stopping, Ctrl-C, a callback's
+    ``should_stop``) or a NaN on any process stops them all at the same step; a process that
+    dies makes the others raise :class:`~autoenc.distributed.DistributedError` (at once on
+    Gloo, after ``distributed_timeout`` when it hangs). Each process draws its own noise
+    (seeded from ``seed``); checkpoints hold every process's RNG state, so a resume on the
+    same number of processes is exact. The resume file must be readable by every process.
+
     Args:
         model: Any ``nn.Module`` with ``loss(x)`` returning a scalar tensor, a
             :class:`~autoenc.LossOutput` or a dict with a ``"loss"`` key (other scalar entries
@@ -500,7 +468,9 @@ def fit(
         data: A tensor ``(n, ...)``, an ``(x, y)`` pair (labels ignored), a ``TensorDataset``,
             a map-style ``Dataset`` or a ``DataLoader``. ``uint8`` is scaled by 1/255.
         epochs: Total number of epochs (a resumed run counts the epochs already done).
-        batch_size: Examples per step (default 32, the article's); ignored for a DataLoader.
+        batch_size: Examples per optimizer step (default 32, the article's), over all
+            processes in a distributed run, where it must be divisible by their number.
+            Ignored for a DataLoader (whose batch size is per process).
         optimizer: ``None`` (Adam, fused where available), an optimizer instance over the
             model's parameters, an optimizer class, or a callable ``params -> optimizer``.
         lr: Learning rate for the default Adam (1e-3) or an optimizer class.
@@ -509,7 +479,8 @@ def fit(
             when there is validation data, else on ``train/loss``.
         scheduler_interval: Step the scheduler every ``"epoch"`` or every ``"step"``.
         val_data: Data for ``val/...`` metrics after every epoch (same kinds as ``data``).
-        val_batch_size: Batch size for validation (default ``batch_size``).
+        val_batch_size: Batch size for validation (default ``batch_size``); split over the
+            processes like ``batch_size``, rounded up.
         callbacks: :class:`~autoenc.callbacks.Callback` instances.
         device: ``"auto"`` (CUDA when available, else the CPU), ``"cpu"``, ``"cuda:1"``, ...
         precision: ``"fp32"``, or ``"bf16"`` for bfloat16 autocast (weights stay fp32).
@@ -519,6 +490,8 @@ def fit(
         seed: Seeds Python's ``random``, torch (and NumPy when loaded) and fixes the data order
             and the validation noise, so two runs from the same initial model are identical.
             Build the model after ``torch.manual_seed`` for identical initial weights too.
+            With several processes rank 0's seed (drawn when ``None``) fixes the data order
+            of all, and the other processes' random draws get seeds derived from it.
         shuffle: Shuffle the training data every epoch (ignored for a DataLoader).
         drop_last: Drop each epoch's last, smaller batch.
         resume: A checkpoint written by :class:`~autoenc.ModelCheckpoint`: continue that run
@@ -534,6 +507,14 @@ def fit(
         handle_interrupt: Catch Ctrl-C (in the main thread): stop after the current batch,
             write the ``ModelCheckpoint`` callbacks' ``last.pt`` and return with
             ``interrupted=True``; a second Ctrl-C raises ``KeyboardInterrupt`` at once.
+        distributed: ``"auto"``: train on several processes when launched by ``torchrun``
+            (``WORLD_SIZE`` > 1 with ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``,
+            ``MASTER_PORT``) or inside an initialized process group of several processes;
+            ``True``: the same, but an error when there is neither; ``False``: train in this
+            process alone, whatever the environment says.
+        distributed_timeout: Seconds a collective may wait for the other processes before
+            it fails, for a process group ``fit`` creates (``None``: PyTorch's default,
+            10 minutes for NCCL and 30 for Gloo).
 
     Returns:
         A :class:`FitResult` with the per-epoch ``history`` and the final ``state``.
@@ -542,8 +523,12 @@ def fit(
         TypeError: A model without ``loss``, data or arguments of the wrong kind.
         ValueError: Empty data, ``batch_size`` <= 0, ``epochs`` < 0, data that ``model.loss``
             rejects, a bad device or precision, or a ``resume`` checkpoint that is corrupted
-            or holds another model.
-        NonFiniteLossError: A loss term became NaN/Inf (also a ``ValueError``).
+            or holds another model; in a distributed run also a ``batch_size`` not divisible
+            by the number of processes, a DataLoader without a ``DistributedSampler``, fewer
+            examples than processes, or an incomplete ``torchrun`` environment.
+        NonFiniteLossError: A loss term became NaN/Inf (also a ``ValueError``); in a
+            distributed run on any process, raised on all.
+        DistributedError: Another process of a distributed run died or stopped answering.
 
     Example:
         >>> from autoenc import Decoder, Encoder, GaussianVAE
@@ -573,94 +558,132 @@ def fit(
     for cb in callbacks:
         if not isinstance(cb, Callback):
             raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
-    dev = resolve_device(device)
-    _check_precision(precision, dev)
-    rank, world_size = _process_group()
-    target = _unwrap(model)
-    payload = None
-    if resume is not None:
+    with process_group(distributed, device, timeout=distributed_timeout) as run:
+        dev, rank, world_size = run.device, run.rank, run.world_size
+        check_precision(precision, dev)
+        if for_loader:
+            _check_loader_shards(data, world_size)
+        batch_size = _per_rank_batch_size(batch_size, world_size, for_loader)
+        val_batch_size = -(-val_batch_size // world_size)
+        target = _unwrap(model)
+        payload = _load_resume(resume, target, run)
+
+        # 2. seeds and data
+        if seed is not None:
+            _seed_everything(seed)
+        if payload is not None:
+            run_seed = payload["seed"]
+        elif seed is not None:
+            run_seed = seed
+        else:
+            run_seed = int(torch.randint(_SEED_BOUND, ()))
+        if run.enabled:
+            run_seed = broadcast_int(run_seed, dev)  # one data order for all
+            if rank > 0:
+                _seed_everything(_rank_seed(run_seed, rank))  # but noise of their own
+        common = dict(device=dev, transform=transform, rank=rank, world_size=world_size)
+        train_batches = _batches(
+            data,
+            "data",
+            batch_size=batch_size,
+            shuffle=shuffle and not for_loader,
+            generator=torch.Generator().manual_seed(run_seed),
+            drop_last=drop_last,
+            **common,
+        )
+        val_batches = None
+        if val_data is not None:
+            val_batches = _batches(
+                val_data, "val_data", batch_size=val_batch_size, equal_batches=False, **common
+            )
+
+        # 3. model, optimizer, scheduler; a dry run of model.loss
+        model.to(dev)
+        opt = build_optimizer(target, optimizer, lr)
+        sched = build_scheduler(scheduler, opt, scheduler_interval)
+        keys, unused = _probe(model, train_batches, "data", precision, find_unused=run.enabled)
+        if val_batches is not None:
+            _probe(model, val_batches, "val_data", precision)
+
+        callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)] + [
+            c for c in callbacks if isinstance(c, ModelCheckpoint)
+        ]
+        if verbose and not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.insert(0, ProgressBar())
+        try:
+            per_epoch = len(train_batches)
+        except TypeError:
+            per_epoch = None
+        state = State(
+            model=target,
+            optimizer=opt,
+            scheduler=sched,
+            epochs=epochs,
+            device=dev,
+            is_main_process=rank == 0,
+            rank=rank,
+            world_size=world_size,
+            batches_per_epoch=per_epoch,
+            callbacks=callbacks,
+            seed=run_seed,
+            has_val_data=val_batches is not None,
+        )
+        if payload is not None:
+            restore_training(payload, state, source=repr(str(resume)))
+
+        # 4. the loop
+        loss_fn = model.loss
+        sync = None
+        if run.enabled:
+            loss_fn = wrap(target, run, find_unused=bool(unused))
+            sync = StepSync(keys, dev, world_size)
+        loop = _Loop(
+            model,
+            state,
+            train_batches,
+            val_batches,
+            loss_fn=loss_fn,
+            sync=sync,
+            precision=precision,
+            grad_clip=grad_clip,
+            nan_guard=nan_guard,
+            scheduler_interval=scheduler_interval,
+        )
+        was_training = model.training
+        try:
+            with _Interrupt(state, handle_interrupt):
+                loop.run(payload)
+        finally:
+            model.train(was_training)
+        return FitResult(
+            history=state.history,
+            metrics=state.metrics,
+            state=state,
+            interrupted=state.interrupted,
+            stopped_early=state.should_stop and not state.interrupted,
+        )
+
+
+def _load_resume(resume: Any, target: nn.Module, run: DistributedSetup) -> dict[str, Any] | None:
+    """The resume checkpoint, read by every process; all fail together if one cannot read it."""
+    if resume is None:
+        return None
+    payload, error = None, None
+    try:
         payload = load_checkpoint(resume)
         check_weights_fit(payload["model"], target, f"the resume checkpoint {str(resume)!r}")
-
-    # 2. seeds and data
-    if seed is not None:
-        _seed_everything(seed)
-    if payload is not None:
-        run_seed = payload["seed"]
-    elif seed is not None:
-        run_seed = seed
-    else:
-        run_seed = int(torch.randint(_SEED_BOUND, ()))
-    common = dict(device=dev, transform=transform, rank=rank, world_size=world_size)
-    train_batches = _batches(
-        data,
-        "data",
-        batch_size=batch_size,
-        shuffle=shuffle and not for_loader,
-        generator=torch.Generator().manual_seed(run_seed),
-        drop_last=drop_last,
-        **common,
-    )
-    val_batches = None
-    if val_data is not None:
-        val_batches = _batches(val_data, "val_data", batch_size=val_batch_size, **common)
-
-    # 3. model, optimizer, scheduler; a dry run of model.loss
-    model.to(dev)
-    opt = _build_optimizer(target, optimizer, lr)
-    sched = _build_scheduler(scheduler, opt, scheduler_interval)
-    _probe(model, train_batches, "data", precision)
-    if val_batches is not None:
-        _probe(model, val_batches, "val_data", precision)
-
-    callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)] + [
-        c for c in callbacks if isinstance(c, ModelCheckpoint)
-    ]
-    if verbose and not any(isinstance(c, ProgressBar) for c in callbacks):
-        callbacks.insert(0, ProgressBar())
-    try:
-        per_epoch = len(train_batches)
-    except TypeError:
-        per_epoch = None
-    state = State(
-        model=target,
-        optimizer=opt,
-        scheduler=sched,
-        epochs=epochs,
-        device=dev,
-        is_main_process=rank == 0,
-        batches_per_epoch=per_epoch,
-        callbacks=callbacks,
-        seed=run_seed,
-        has_val_data=val_batches is not None,
-    )
-    if payload is not None:
-        restore_training(payload, state, source=repr(str(resume)))
-
-    # 4. the loop
-    loop = _Loop(
-        model,
-        state,
-        train_batches,
-        val_batches,
-        precision=precision,
-        grad_clip=grad_clip,
-        nan_guard=nan_guard,
-        scheduler_interval=scheduler_interval,
-    )
-    was_training = model.training
-    try:
-        with _Interrupt(state, handle_interrupt):
-            loop.run(payload)
-    finally:
-        model.train(was_training)
-    return FitResult(
-        history=state.history,
-        metrics=state.metrics,
-        state=state,
-        interrupted=state.interrupted,
-        stopped_early=state.should_stop and not state.interrupted,
-    )
+    except (OSError, ValueError) as err:
+        if not run.enabled:
+            raise
+        error = err
+    if run.enabled and any_rank([error is not None], run.device, "the resume check")[0]:
+        if error is not None:
+            raise error
+        raise ValueError(
+            f"another process could not read the resume checkpoint {str(resume)!r} (see its "
+            "error); every process reads it, so it must be on a file system they all see"
+        )
+    return payload
 
 
 class _Loop:
@@ -673,12 +696,15 @@ class _Loop:
         train: Batches,
         val: Batches | None,
         *,
+        loss_fn: Callable[[Tensor], Any],
+        sync: StepSync | None,
         precision: str,
         grad_clip: float | None,
         nan_guard: bool,
         scheduler_interval: str,
     ) -> None:
         self.model, self.state, self.train, self.val = model, state, train, val
+        self.loss_fn, self.sync = loss_fn, sync  # model.loss, or its DDP wrapper and the sync
         self.precision, self.grad_clip, self.nan_guard = precision, grad_clip, nan_guard
         self.scheduler_interval = scheduler_interval
         self.params = [p for p in state.model.parameters() if p.requires_grad]
@@ -693,7 +719,9 @@ class _Loop:
             self._hook("on_fit_start")
             if payload is not None:
                 restore_callbacks(payload, state)
-                restore_rng(payload["rng"])
+                rng = rng_of_rank(payload, state)
+                if rng is not None:
+                    restore_rng(rng)
             self._epochs()
         except BaseException as err:
             state.exception = err
@@ -701,7 +729,21 @@ class _Loop:
         finally:
             self._fit_end()
 
+    def _agree(self, stop: bool, interrupted: bool) -> None:
+        """Take on what any process decided: stop, or stop because it was interrupted."""
+        state = self.state
+        state.should_stop = state.should_stop or stop or interrupted
+        state.interrupted = state.interrupted or interrupted
+
+    def _sync_flags(self) -> None:
+        """Outside the batch loop, let every process know any process's stop or interrupt."""
+        if self.sync is not None:
+            state = self.state
+            self._agree(*any_rank([state.should_stop, state.interrupted], state.device))
+
     def _fit_end(self) -> None:
+        if self.state.exception is None:
+            self._sync_flags()  # so all processes write the interrupt checkpoint, or none
         first_error = None
         for cb in self.state.callbacks:
             try:
@@ -716,6 +758,7 @@ class _Loop:
         state = self.state
         resumed_mid_epoch = state.batch > 0
         for epoch in range(state.epoch, state.epochs):
+            self._sync_flags()
             if state.should_stop:
                 return
             if epoch != state.epoch or not resumed_mid_epoch:
@@ -727,27 +770,59 @@ class _Loop:
             self.train.set_epoch(epoch, skip=state.batch)
             self._hook("on_epoch_start")
             self.model.train()
-            # should_stop is checked before fetching the next batch: after Ctrl-C, DataLoader
-            # workers may already be gone
-            if not state.should_stop:
-                for x in self.train:
-                    self._step(x)
-                    self._hook("on_batch_end")
-                    if state.should_stop:
-                        break
+            if self.sync is None:
+                self._batches()
+            else:
+                self._batches_in_lockstep()
             if state.interrupted or state.running.count == 0:
                 return
             self._end_epoch(start)
 
-    def _step(self, x: Tensor) -> None:
+    def _batches(self) -> None:
+        state = self.state
+        # should_stop is checked before fetching the next batch: after Ctrl-C, DataLoader
+        # workers may already be gone
+        if not state.should_stop:
+            for x in self.train:
+                self._step(x)
+                self._hook("on_batch_end")
+                if state.should_stop:
+                    break
+
+    def _batches_in_lockstep(self) -> None:
+        """The batch loop of a distributed run: at every batch each process either steps or,
+        when it stops or its data ran out, votes; so all leave the epoch at the same batch."""
+        state = self.state
+        batches = iter(self.train)
+        while True:
+            x = None if state.should_stop else next(batches, None)
+            if x is None:
+                self._agree(*self.sync.vote(stop=state.should_stop, interrupted=state.interrupted))
+                return
+            if not self._step(x):
+                return
+            self._hook("on_batch_end")
+
+    def _step(self, x: Tensor) -> bool:
+        """One optimizer step on ``x``; ``False`` when another process stopped (no step)."""
         state, opt = self.state, self.state.optimizer
-        with _autocast(self.precision, x.device):
-            out = self.model.loss(x)
+        with autocast(self.precision, x.device):
+            out = self.loss_fn(x)
         loss, terms = _loss_terms(out)
         keys = tuple(terms)
         values = _term_vector(
             terms, torch.float64 if loss.dtype == torch.float64 else torch.float32
         )
+        n = x.shape[0]
+        if self.sync is not None:  # the global batch's terms, and every process's flags
+            values, n, weight, stop, interrupted = self.sync.step(
+                keys, values, n, stop=state.should_stop, interrupted=state.interrupted
+            )
+            self._agree(stop, interrupted)
+            if values is None:
+                return False
+            if weight != 1.0:  # this process's batch is smaller or larger than the others
+                loss = loss * weight
         if self.nan_guard and not bool(torch.isfinite(values).all()):
             raise _nonfinite(keys, values, state)
         if not loss.requires_grad:
@@ -759,21 +834,28 @@ class _Loop:
         opt.step()
         if state.scheduler is not None and self.scheduler_interval == "step":
             state.scheduler.step()
-        state.running.update(keys, values, x.shape[0])
+        state.running.update(keys, values, n)
         state.batch_terms = TermsView(keys, values)
         state.batch += 1
         state.step += 1
+        return True
 
     def _end_epoch(self, start: float) -> None:
         state = self.state
-        metrics = {f"train/{k}": v for k, v in _reduce(state.running).items()}
+        metrics = {f"train/{k}": v for k, v in state.running.means().items()}  # all processes'
         if self.val is not None:
-            val = _evaluate_batches(self.model, self.val, precision=self.precision, seed=state.seed)
+            val = _evaluate_batches(
+                self.model,
+                self.val,
+                precision=self.precision,
+                seed=None if state.seed is None else _rank_seed(state.seed, state.rank),
+                distributed=self.sync is not None,
+            )
             metrics.update({f"val/{k}": v for k, v in val.items()})
         metrics["lr"] = float(state.optimizer.param_groups[0]["lr"])
         metrics["time"] = time.perf_counter() - start
         if state.scheduler is not None and self.scheduler_interval == "epoch":
-            if _is_plateau(state.scheduler):
+            if is_plateau(state.scheduler):
                 state.scheduler.step(metrics.get("val/loss", metrics["train/loss"]))
             else:
                 state.scheduler.step()
