@@ -246,6 +246,20 @@ def test_resuming_a_finished_run_trains_no_further(tmp_path):
     assert result.epochs_completed == 2 and same_weights(weights(again), weights(model))
 
 
+def test_resume_warns_that_a_new_lr_is_not_applied(tmp_path):
+    quiet(tiny_vae(), tiny_data(), epochs=1, lr=1e-3, callbacks=[ModelCheckpoint(tmp_path)])
+    with pytest.warns(UserWarning, match=r"restores the optimizer's learning rate .*lr=1e-05"):
+        result = quiet(tiny_vae(), tiny_data(), epochs=2, lr=1e-5, resume=tmp_path / "last.pt")
+    assert result.history["lr"] == [1e-3, 1e-3]
+
+
+def test_resume_warns_when_batches_per_epoch_changed(tmp_path):
+    data = tiny_data()
+    quiet(tiny_vae(), data, epochs=1, batch_size=8, callbacks=[ModelCheckpoint(tmp_path)])
+    with pytest.warns(UserWarning, match="batches per epoch"):
+        quiet(tiny_vae(), data, epochs=2, batch_size=4, resume=tmp_path / "last.pt")
+
+
 # ---------------------------------------------------------------------------------------------
 # bad checkpoints
 

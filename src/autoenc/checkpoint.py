@@ -139,6 +139,7 @@ def make_checkpoint(
         "rng": capture_rng() if rng_ranks is None else rng_ranks[0],
         "rng_ranks": rng_ranks,
         "world_size": state.world_size,
+        "batches_per_epoch": state.batches_per_epoch,
         "callbacks": {
             key: cb.state_dict()
             for key, cb in zip(callback_keys(state.callbacks), state.callbacks, strict=True)

@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -630,6 +631,7 @@ def fit(
         )
         if payload is not None:
             restore_training(payload, state, source=repr(str(resume)))
+            _warn_on_resume_changes(payload, state, lr, repr(str(resume)))
 
         # 4. the loop
         loss_fn = model.loss
@@ -661,6 +663,27 @@ def fit(
             state=state,
             interrupted=state.interrupted,
             stopped_early=state.should_stop and not state.interrupted,
+        )
+
+
+def _warn_on_resume_changes(payload: dict[str, Any], state: State, lr: Any, source: str) -> None:
+    """Warn when the resumed run cannot equal the one the checkpoint came from."""
+    saved = payload.get("batches_per_epoch")
+    if saved is not None and state.batches_per_epoch is not None:
+        if saved != state.batches_per_epoch:
+            warnings.warn(
+                f"{source} was written by a run with {saved} batches per epoch, this one has "
+                f"{state.batches_per_epoch}: the data or batch_size changed, so the resumed run "
+                "will not match the interrupted one",
+                stacklevel=3,
+            )
+    rates = {group["lr"] for group in state.optimizer.param_groups}
+    if lr is not None and rates != {lr}:
+        warnings.warn(
+            f"resuming restores the optimizer's learning rate from {source} "
+            f"({', '.join(f'{r:g}' for r in sorted(rates))}); lr={lr:g} is not applied. To change "
+            "it, set optimizer.param_groups[i]['lr'] in a callback's on_fit_start",
+            stacklevel=3,
         )
 
 
