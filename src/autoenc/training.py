@@ -669,14 +669,14 @@ def fit(
 def _warn_on_resume_changes(payload: dict[str, Any], state: State, lr: Any, source: str) -> None:
     """Warn when the resumed run cannot equal the one the checkpoint came from."""
     saved = payload.get("batches_per_epoch")
-    if saved is not None and state.batches_per_epoch is not None:
-        if saved != state.batches_per_epoch:
-            warnings.warn(
-                f"{source} was written by a run with {saved} batches per epoch, this one has "
-                f"{state.batches_per_epoch}: the data or batch_size changed, so the resumed run "
-                "will not match the interrupted one",
-                stacklevel=3,
-            )
+    current = state.batches_per_epoch
+    if saved is not None and current is not None and saved != current:
+        warnings.warn(
+            f"{source} was written by a run with {saved} batches per epoch, this one has "
+            f"{current}: the data or batch_size changed, so the resumed run will not match the "
+            "interrupted one",
+            stacklevel=3,
+        )
     rates = {group["lr"] for group in state.optimizer.param_groups}
     if lr is not None and rates != {lr}:
         warnings.warn(
