@@ -8,6 +8,7 @@ windows ``x`` and ``x_hat``), ``loss.png``, ``model.pt`` and ``metrics.json`` to
 
 from __future__ import annotations
 
+import torch
 from mnist_common import finish, is_main_process, limit, load_data, parser, train
 
 from autoenc.recipes import article_autoencoder
@@ -17,6 +18,7 @@ def main() -> None:
     args = parser(__doc__.splitlines()[0], out="runs/ae").parse_args()
     batch_size, lr = args.batch_size or 32, args.lr or 1e-3
     train_x, test_x = load_data(args)
+    torch.manual_seed(args.seed)  # the initial weights follow --seed too
     model = article_autoencoder()
     if is_main_process():
         print(model)

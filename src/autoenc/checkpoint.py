@@ -58,7 +58,7 @@ def capture_rng() -> dict[str, Any]:
 
 
 def restore_rng(rng: dict[str, Any]) -> None:
-    """Put back what :func:`capture_rng` returned."""
+    """Put back what ``capture_rng()`` returned."""
     torch.set_rng_state(rng["torch"])
     version, internal, gauss = rng["python"]
     random.setstate((version, tuple(internal), gauss))
@@ -114,7 +114,7 @@ def make_checkpoint(
 
     Args:
         state: The run.
-        rng_ranks: In a distributed run, every process's :func:`capture_rng` in rank order
+        rng_ranks: In a distributed run, every process's ``capture_rng()`` in rank order
             (this process's RNGs are stored otherwise).
     """
     mid_epoch = state.epochs_completed <= state.epoch

@@ -21,6 +21,7 @@ import torch
 
 __all__ = ["PRECISIONS", "resolve_device", "check_precision", "autocast"]
 
+#: The precisions :func:`autoenc.fit` accepts: float32, or bfloat16 autocast.
 PRECISIONS = ("fp32", "bf16")
 
 

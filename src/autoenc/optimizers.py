@@ -22,6 +22,7 @@ from torch import nn
 
 __all__ = ["DEFAULT_LR", "adam", "build_optimizer", "build_scheduler", "is_plateau"]
 
+#: The default learning rate of Adam, the article's.
 DEFAULT_LR = 1e-3
 
 
