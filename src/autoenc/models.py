@@ -19,12 +19,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from autoenc.functional import (
-    gaussian_kl,
-    gaussian_kl_from_std,
-    reparameterize,
-    sum_except_batch,
-)
+from autoenc.functional import gaussian_kl, gaussian_kl_from_std, reparameterize
 from autoenc.likelihoods import Likelihood, get_likelihood
 
 __all__ = ["LossOutput", "AEOutput", "VAEOutput", "Posterior", "Autoencoder", "GaussianVAE"]
@@ -161,10 +156,16 @@ class _ReconMixin:
             )
         if x.dim() < 2:
             raise ValueError(f"x must have a batch dimension, got shape {tuple(x.shape)}")
-        if self.validate:
-            if not torch.isfinite(x).all():
+        if self.validate and x.numel():
+            # One fused pass and one host sync per batch: NaN spreads to both extremes, Inf
+            # shows in one, and the extremes are all a range check needs.
+            low, high = torch.stack(torch.aminmax(x.detach())).tolist()
+            if not (math.isfinite(low) and math.isfinite(high)):
                 raise ValueError("x contains NaN or Inf values")
-            self.likelihood.check_target(x)
+            if type(self.likelihood).check_target is Likelihood.check_target:
+                self.likelihood._check_range(low, high)
+            else:  # a user likelihood with its own support
+                self.likelihood.check_target(x)
 
     def _check_params(self, params: Tensor, x: Tensor) -> None:
         if params.shape[:1] != x.shape[:1] or params.numel() != x.numel():
@@ -174,11 +175,17 @@ class _ReconMixin:
                 "expected)"
             )
 
+    def _scale(self, x: Tensor) -> float:
+        """What turns a sum over the whole batch into the per-example (or per-element) mean."""
+        n = x.numel() if self.reduction == "mean" else x.shape[0]
+        return 1.0 / n if n else math.nan  # an empty batch: NaN, as the mean of nothing
+
     def _reduce(self, elementwise: Tensor, x: Tensor) -> Tensor:
-        total = sum_except_batch(elementwise).mean()  # (b, ...) -> scalar
-        if self.reduction == "mean":
-            total = total / x[0].numel()
-        return total
+        # sum then one scale: the same number as sum_except_batch(...).mean(), in two ops
+        return elementwise.sum() * self._scale(x)
+
+    def _recon(self, params: Tensor, x: Tensor) -> Tensor:
+        return self.likelihood.nll_sum(params.reshape(x.shape), x) * self._scale(x)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Any:
@@ -250,6 +257,28 @@ class Autoencoder(_ReconMixin, nn.Module):
         return self.likelihood.mean(self.decoder(z))
 
     def forward(self, x: Tensor) -> AEOutput:
+        """Encode a batch and decode its codes.
+
+        ``x`` is not validated here (:meth:`loss` checks its dtype, values and range).
+
+        Args:
+            x: A batch ``(b, ...)`` in a shape the encoder takes.
+
+        Returns:
+            An :class:`AEOutput`: ``x_hat`` (the likelihood's mean, shaped like ``x``), the code
+            ``z`` and the decoder's raw output ``params``.
+
+        Raises:
+            ValueError: If the decoder's output does not fit ``x`` (batch size and elements per
+                datum).
+
+        Example:
+            >>> from autoenc import Decoder, Encoder
+            >>> ae = Autoencoder(Encoder(784, [32], 4), Decoder(4, [32], 784))
+            >>> out = ae(torch.rand(2, 784))
+            >>> out.x_hat.shape, out.z.shape
+            (torch.Size([2, 784]), torch.Size([2, 4]))
+        """
         z = self.encoder(x)
         params = self.decoder(z)
         self._check_params(params, x)
@@ -260,7 +289,7 @@ class Autoencoder(_ReconMixin, nn.Module):
         self._check_input(x)
         params = self.decoder(self.encoder(x))
         self._check_params(params, x)
-        recon = self._reduce(self.likelihood.nll(params.reshape(x.shape), x), x)
+        recon = self._recon(params, x)
         return LossOutput(loss=recon, recon=recon.detach())
 
     @torch.no_grad()
@@ -404,7 +433,32 @@ class GaussianVAE(_ReconMixin, nn.Module):
         return self.likelihood.mean(self.decoder(z))
 
     def forward(self, x: Tensor, *, eps: Tensor | None = None) -> VAEOutput:
-        """Encode, draw ``z`` (with noise ``eps`` when given) and decode."""
+        """Encode, draw ``z`` by the reparameterization trick and decode.
+
+        ``z = mu + std * eps`` with fresh standard-normal ``eps``, or the ``eps`` given. The draw
+        is random in eval mode too; :meth:`reconstruct` decodes the posterior mean instead. ``x``
+        is not validated here (:meth:`loss` checks its dtype, values and range).
+
+        Args:
+            x: A batch ``(b, ...)`` in a shape the encoder takes.
+            eps: Standard-normal noise ``(b, latent_dim)`` to use instead of a fresh draw.
+
+        Returns:
+            A :class:`VAEOutput`: ``x_hat`` (the likelihood's mean at ``z``, shaped like ``x``),
+            the decoder's raw ``params``, ``z``, and the posterior's ``mu``, ``logvar`` and
+            ``std``.
+
+        Raises:
+            ValueError: If ``eps``, the encoder's output or the decoder's output has the wrong
+                shape.
+
+        Example:
+            >>> from autoenc import Decoder, Encoder
+            >>> vae = GaussianVAE(Encoder(784, [32], 2 * 4), Decoder(4, [32], 784), latent_dim=4)
+            >>> out = vae(torch.rand(2, 784), eps=torch.zeros(2, 4))
+            >>> out.z.shape, torch.equal(out.z, out.mu)
+            (torch.Size([2, 4]), True)
+        """
         q = self.encode(x)
         if eps is None:
             eps = torch.randn_like(q.mu)
@@ -436,15 +490,16 @@ class GaussianVAE(_ReconMixin, nn.Module):
         if self.objective == "iwae":
             return self._iwae_loss(x, eps)
         out = self.forward(x, eps=eps)
-        recon = self._reduce(self.likelihood.nll(out.params.reshape(x.shape), x), x)
+        recon = self._recon(out.params, x)
         kl_elem = self.kl_elementwise(out)  # (b, latent_dim)
         kl = self._reduce(kl_elem, x)
         kl_train = kl
         if self.free_bits > 0:
             kl_train = kl_elem.mean(dim=0).clamp(min=self.free_bits).sum()
             if self.reduction == "mean":
-                kl_train = kl_train / x[0].numel()
-        return LossOutput(loss=recon + self.beta * kl_train, recon=recon.detach(), kl=kl.detach())
+                kl_train = kl_train / (x.numel() // x.shape[0])
+        loss = torch.add(recon, kl_train, alpha=self.beta)  # recon + beta * kl, one op
+        return LossOutput(loss=loss, recon=recon.detach(), kl=kl.detach())
 
     def _iwae_loss(self, x: Tensor, eps: Tensor | None) -> LossOutput:
         from autoenc.evaluation import iwae_terms  # evaluation imports this module
