@@ -12,7 +12,8 @@ from torch import nn, optim
 from torch.utils.data import DataLoader
 
 
-def _article_encoder() -> nn.Sequential:
+def article_encoder() -> nn.Sequential:
+    """The article's encoder (AE and VAE alike): 784 -> 256 -> 64 -> 20, ReLU after each layer."""
     return nn.Sequential(
         nn.Linear(784, 256), nn.ReLU(),  # [b, 784] => [b, 256]
         nn.Linear(256, 64), nn.ReLU(),  # [b, 256] => [b, 64]
@@ -20,7 +21,8 @@ def _article_encoder() -> nn.Sequential:
     )  # fmt: skip
 
 
-def _article_decoder(latent: int) -> nn.Sequential:
+def article_decoder(latent: int) -> nn.Sequential:
+    """The article's decoder: latent (20 for the AE, 10 for the VAE) -> 64 -> 256 -> 784."""
     return nn.Sequential(
         nn.Linear(latent, 64), nn.ReLU(),  # [b, latent] => [b, 64]
         nn.Linear(64, 256), nn.ReLU(),  # [b, 64] => [b, 256]
@@ -33,7 +35,7 @@ class ArticleAE(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.encoder, self.decoder = _article_encoder(), _article_decoder(20)
+        self.encoder, self.decoder = article_encoder(), article_decoder(20)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         batchsz = x.size(0)
@@ -47,14 +49,17 @@ class ArticleVAE(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.encoder, self.decoder = _article_encoder(), _article_decoder(10)
+        self.encoder, self.decoder = article_encoder(), article_decoder(10)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, eps: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The article's forward; ``eps`` (tests only) replaces ``torch.randn_like(sigma)``."""
         batchsz = x.size(0)
         x = x.view(batchsz, -1)
         q = self.encoder(x)  # [b, 20] including mean and sigma
         mu, sigma = q.chunk(2, dim=1)
-        q = mu + sigma * torch.randn_like(sigma)
+        q = mu + sigma * (torch.randn_like(sigma) if eps is None else eps)
         x_hat = self.decoder(q).view(batchsz, 1, 28, 28)
         kld = (
             0.5

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from article import article_decoder, article_encoder
 from torch import nn
 
 from autoenc import Decoder, Encoder, mlp
@@ -20,31 +21,7 @@ def _n_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-# --- the article's networks
-
-
-def article_encoder() -> nn.Sequential:
-    """The article's encoder (AE and VAE alike): 784 -> 256 -> 64 -> 20, ReLU after each layer."""
-    return nn.Sequential(
-        nn.Linear(784, 256),
-        nn.ReLU(),
-        nn.Linear(256, 64),
-        nn.ReLU(),
-        nn.Linear(64, 20),
-        nn.ReLU(),
-    )
-
-
-def article_decoder(latent: int) -> nn.Sequential:
-    """The article's decoder: latent (20 for the AE, 10 for the VAE) -> 64 -> 256 -> 784."""
-    return nn.Sequential(
-        nn.Linear(latent, 64),
-        nn.ReLU(),
-        nn.Linear(64, 256),
-        nn.ReLU(),
-        nn.Linear(256, 784),
-        nn.Sigmoid(),
-    )
+# --- the article's networks (benchmarks/article.py)
 
 
 def test_articles_encoder_is_expressible_exactly() -> None:
