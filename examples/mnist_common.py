@@ -100,28 +100,31 @@ def picture_callbacks(args: argparse.Namespace, x_show: torch.Tensor) -> list:
     return callbacks
 
 
-def train(model, train_x, test_x, args, *, batch_size, lr, transform=None, callbacks=()):
-    """fit() with the examples' settings; returns the FitResult."""
+def train(model, train_x, test_x, args, *, batch_size, lr, val_data=None, callbacks=(), **fit_kw):
+    """fit() with the examples' settings (pictures of the first 32 test images, --seed,
+    --device; validation on ``val_data``, by default the test images); returns the FitResult.
+    Further keyword arguments go to fit()."""
     Path(args.out).mkdir(parents=True, exist_ok=True)
     x_show = test_x[:32].float() / 255
     start = time.perf_counter()
     result = fit(
         model,
         train_x,
-        val_data=test_x,
+        val_data=test_x if val_data is None else val_data,
         epochs=args.epochs,
         batch_size=batch_size,
         lr=lr,
         seed=args.seed,
         device=args.device,
-        transform=transform,
         callbacks=[*picture_callbacks(args, x_show), *callbacks],
+        **fit_kw,
     )
     seconds = time.perf_counter() - start
     if result.state.is_main_process:
+        in_epochs = sum(result.history.get("time", []))
         print(
-            f"trained {result.epochs_completed} epochs in {seconds:.1f} s "
-            f"({seconds / max(result.epochs_completed, 1):.1f} s per epoch)"
+            f"trained to epoch {result.epochs_completed} in {seconds:.1f} s "
+            f"({in_epochs:.1f} s in epochs over the whole run, resumes included)"
         )
     return result
 

@@ -49,11 +49,22 @@ def article_vae() -> GaussianVAE:
 
 
 def recommended_vae(latent_dim: int = 32, hidden: Sequence[int] = (512, 512)) -> GaussianVAE:
-    """The library's recommended MNIST VAE.
+    """The library's recommended MNIST VAE: a Bernoulli VAE for (dynamically) binarized digits.
 
-    A log-variance posterior, a Bernoulli likelihood on (dynamically) binarized pixels, losses in
-    nats per image summed over pixels, and a wider MLP than the article's. Train it on
-    binarized data: pass ``transform=autoenc.data.dynamic_binarize`` to :func:`autoenc.fit`.
+    A 784-512-512 ReLU encoder giving the mean and log-variance of 32 latents, a mirrored
+    32-512-512-784 decoder giving Bernoulli logits, and the plain ELBO in nats per image (the
+    reconstruction summed over pixels, averaged over the batch). Train it on binarized data:
+    pass ``transform=autoenc.data.dynamic_binarize`` to :func:`autoenc.fit`.
+
+    The recipe it is measured with (``python examples/mnist_vae.py --preset recommended
+    --iw-samples 1000``): batch 128, Adam with learning rate 1e-3 decayed to 0 by a per-step
+    cosine (``scheduler=lambda opt: CosineAnnealingLR(opt, T_max=total_steps)``,
+    ``scheduler_interval="step"``), a linear KL warm-up over the first 10% of the steps
+    (:class:`~autoenc.schedules.KLWarmup`), 60 epochs; every training batch binarized afresh,
+    the test set binarized once. It reaches a test NLL of 88.2 nats (importance sampling with
+    K=1000, all 10000 test images; a plain VAE in pythae's table: 89.78 after 500 epochs) in
+    about 9 minutes of training on a 2-core CPU (20 on a busy one); 120 epochs reach 86.8.
+    ``docs/recipe_results.md`` has the details.
 
     Args:
         latent_dim: Size of ``z``.
@@ -61,8 +72,10 @@ def recommended_vae(latent_dim: int = 32, hidden: Sequence[int] = (512, 512)) ->
 
     Example:
         >>> vae = recommended_vae()
-        >>> vae.likelihood.name, vae.posterior, vae.reduction
-        ('bernoulli', 'logvar', 'sum')
+        >>> vae.likelihood.name, vae.posterior, vae.reduction, vae.objective
+        ('bernoulli', 'logvar', 'sum', 'elbo')
+        >>> sum(p.numel() for p in vae.parameters())
+        1379152
     """
     encoder = Encoder(MNIST_SHAPE, list(hidden), 2 * latent_dim)
     decoder = Decoder(latent_dim, list(reversed(hidden)), MNIST_SHAPE)
