@@ -677,12 +677,14 @@ def _warn_on_resume_changes(payload: dict[str, Any], state: State, lr: Any, sour
             "interrupted one",
             stacklevel=3,
         )
-    rates = {group["lr"] for group in state.optimizer.param_groups}
-    if lr is not None and rates != {lr}:
+    # A scheduler moves "lr"; the rate the run was started with is its "initial_lr".
+    groups = payload["optimizer"].get("param_groups", [])
+    started = {group.get("initial_lr", group.get("lr")) for group in groups}
+    if lr is not None and started and started != {lr}:
         warnings.warn(
-            f"resuming restores the optimizer's learning rate from {source} "
-            f"({', '.join(f'{r:g}' for r in sorted(rates))}); lr={lr:g} is not applied. To change "
-            "it, set optimizer.param_groups[i]['lr'] in a callback's on_fit_start",
+            f"resuming restores the optimizer's learning rate from {source} (the run started "
+            f"at {', '.join(f'{r:g}' for r in sorted(started))}); lr={lr:g} is not applied. To "
+            "change it, set optimizer.param_groups[i]['lr'] in a callback's on_fit_start",
             stacklevel=3,
         )
 
