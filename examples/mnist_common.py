@@ -19,7 +19,7 @@ from autoenc.dashboards import ImageSnapshots, VisdomDashboard
 from autoenc.data import DatasetNotFoundError, mnist, mnist_or_sample
 from autoenc.training import fit
 
-SECONDS_PER_EPOCH = "about 10-15 s per epoch at batch 32 on a 2-core CPU"
+SECONDS_PER_EPOCH = "about 7-15 s per epoch at batch 32 on a 2-core CPU"
 
 
 def is_main_process() -> bool:
