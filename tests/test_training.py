@@ -566,3 +566,13 @@ def test_evaluate_checks_its_input():
         evaluate(tiny_ae(), tiny_data(), batch_size=0)
     with pytest.raises(ValueError, match="empty"):
         evaluate(tiny_ae(), torch.empty(0, 4))
+
+
+def test_evaluate_and_the_dry_run_keep_a_frozen_submodule_in_eval_mode():
+    model = tiny_vae()
+    model.train()
+    model.encoder.eval()  # e.g. a frozen, pretrained encoder with BatchNorm
+    evaluate(model, tiny_data(), batch_size=8)
+    assert model.training and not model.encoder.training
+    fit(model, tiny_data(), epochs=2, batch_size=8, verbose=False)
+    assert model.training and not model.encoder.training  # fit leaves the modes as it found them

@@ -26,6 +26,8 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from autoenc.models import _eval_mode
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -47,20 +49,6 @@ __all__ = [
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-class _eval_mode:
-    """Put a module in eval mode and restore its previous mode on exit."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module, self.was_training = module, module.training
-
-    def __enter__(self) -> nn.Module:
-        self.module.eval()
-        return self.module
-
-    def __exit__(self, *exc: object) -> None:
-        self.module.train(self.was_training)
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -51,6 +51,7 @@ from autoenc.distributed import (
     unused_parameters,
     wrap,
 )
+from autoenc.models import _eval_mode
 from autoenc.optimizers import build_optimizer, build_scheduler, is_plateau
 
 __all__ = ["fit", "evaluate", "FitResult", "NonFiniteLossError"]
@@ -257,18 +258,18 @@ def _probe(
             x = next(iter(batches))[:2]
         except StopIteration:
             raise ValueError(f"{name} is empty: it yields no batches") from None
-        was_training = model.training
-        model.eval()
         try:
-            with torch.set_grad_enabled(find_unused), autocast(precision, device):
+            with (
+                _eval_mode(model),
+                torch.set_grad_enabled(find_unused),
+                autocast(precision, device),
+            ):
                 out = model.loss(x)
         except Exception as err:
             raise ValueError(
                 f"model.loss failed on a batch from {name} of shape {tuple(x.shape)} "
                 f"({x.dtype}): {type(err).__name__}: {err}"
             ) from err
-        finally:
-            model.train(was_training)
         loss, terms = _loss_terms(out)
         if not (isinstance(loss, Tensor) and loss.numel() == 1 and loss.is_floating_point()):
             shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
@@ -288,25 +289,21 @@ def _evaluate_batches(
 ) -> dict[str, float]:
     device = getattr(batches, "device", torch.device("cpu"))
     meter = RunningMean()
-    was_training = model.training
-    model.eval()
-    try:
-        with (
-            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
-            torch.no_grad(),
-        ):
-            if seed is not None:
-                torch.default_generator.manual_seed(seed)
-                if device.type == "cuda":
-                    with torch.cuda.device(device):
-                        torch.cuda.manual_seed(seed)
-            for x in batches:
-                with autocast(precision, device):
-                    loss, terms = _loss_terms(model.loss(x))
-                dtype = torch.float64 if loss.dtype == torch.float64 else torch.float32
-                meter.update(tuple(terms), _term_vector(terms, dtype), x.shape[0])
-    finally:
-        model.train(was_training)
+    with (
+        _eval_mode(model),
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        torch.no_grad(),
+    ):
+        if seed is not None:
+            torch.default_generator.manual_seed(seed)
+            if device.type == "cuda":
+                with torch.cuda.device(device):
+                    torch.cuda.manual_seed(seed)
+        for x in batches:
+            with autocast(precision, device):
+                loss, terms = _loss_terms(model.loss(x))
+            dtype = torch.float64 if loss.dtype == torch.float64 else torch.float32
+            meter.update(tuple(terms), _term_vector(terms, dtype), x.shape[0])
     return _reduce(meter, distributed=distributed)
 
 
@@ -651,12 +648,13 @@ def fit(
             nan_guard=nan_guard,
             scheduler_interval=scheduler_interval,
         )
-        was_training = model.training
+        modes = [(m, m.training) for m in model.modules()]
         try:
             with _Interrupt(state, handle_interrupt):
                 loop.run(payload)
-        finally:
-            model.train(was_training)
+        finally:  # leave every submodule's mode as found (a frozen one stays in eval)
+            for m, training in modes:
+                m.training = training
         return FitResult(
             history=state.history,
             metrics=state.metrics,
