@@ -29,6 +29,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
 
+from autoenc._validation import check_int
+
 __all__ = ["Batches", "TensorBatches", "DatasetBatches", "LoaderBatches", "make_batches"]
 
 _SEED_BOUND = 2**62
@@ -86,12 +88,6 @@ def _item_tensor(item: Any) -> Tensor:
         f"dataset items must be tensors, PIL images or NumPy arrays (or tuples starting with one), "
         f"got {type(x).__name__}"
     )
-
-
-def _check_positive_int(value: Any, name: str) -> int:
-    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _resolve_device(device: Any) -> torch.device:
@@ -447,8 +443,8 @@ def make_batches(
         >>> float(next(iter(batches)).max()) <= 1.0
         True
     """
-    _check_positive_int(batch_size, "batch_size")
-    _check_positive_int(world_size, "world_size")
+    check_int(batch_size, "batch_size")
+    check_int(world_size, "world_size")
     if not (isinstance(rank, int) and 0 <= rank < world_size):
         raise ValueError(f"rank must be an int in [0, world_size={world_size}), got {rank!r}")
     if transform is not None and not callable(transform):

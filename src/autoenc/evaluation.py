@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from autoenc._validation import check_int
 from autoenc.batching import make_batches
 from autoenc.functional import gaussian_kl, gaussian_kl_from_std, gaussian_log_prob
 from autoenc.likelihoods import Bernoulli, Likelihood, SquaredError, get_likelihood
@@ -141,11 +142,6 @@ def _check_vae(model: Any, fn: str) -> None:
         raise TypeError(f"{fn} needs an autoenc.GaussianVAE, got {type(model).__name__}")
 
 
-def _check_positive_int(value: Any, arg: str) -> None:
-    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-        raise ValueError(f"{arg} must be a positive int, got {value!r}")
-
-
 def _resolve_likelihood(model: GaussianVAE, likelihood: Any) -> Likelihood:
     resolved = model.likelihood if likelihood is None else get_likelihood(likelihood)
     if isinstance(resolved, SquaredError):
@@ -213,7 +209,7 @@ def iwae_terms(model: GaussianVAE, x: Tensor, k: int, *, eps: Tensor | None = No
         ValueError: On a non-positive ``k``, a badly shaped ``eps`` or the ``"mse"`` likelihood.
     """
     _check_vae(model, "iwae_terms")
-    _check_positive_int(k, "k")
+    check_int(k, "k")
     likelihood = _resolve_likelihood(model, None)
     model._check_input(x)
     q = model.encode(x)
@@ -334,10 +330,10 @@ def log_likelihood(
         (torch.Size([10]), True)
     """
     _check_vae(model, "log_likelihood")
-    _check_positive_int(k, "k")
-    _check_positive_int(batch_size, "batch_size")
+    check_int(k, "k")
+    check_int(batch_size, "batch_size")
     if chunk_size is not None:
-        _check_positive_int(chunk_size, "chunk_size")
+        check_int(chunk_size, "chunk_size")
     if seed is not None and generator is not None:
         raise ValueError("pass seed or generator, not both")
     lik = _resolve_likelihood(model, likelihood)
@@ -422,7 +418,7 @@ def latent_diagnostics(
         (torch.Size([4]), 4)
     """
     _check_vae(model, "latent_diagnostics")
-    _check_positive_int(batch_size, "batch_size")
+    check_int(batch_size, "batch_size")
     if not (isinstance(threshold, (int, float)) and threshold >= 0 and math.isfinite(threshold)):
         raise ValueError(f"threshold must be a non-negative finite number, got {threshold!r}")
     if min_active is None:

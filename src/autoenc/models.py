@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from autoenc._validation import check_choice, check_int
 from autoenc.functional import gaussian_kl, gaussian_kl_from_std, reparameterize
 from autoenc.likelihoods import Likelihood, get_likelihood
 
@@ -88,11 +89,6 @@ class VAEOutput:
     mu: Tensor
     logvar: Tensor
     std: Tensor
-
-
-def _check_choice(value: Any, choices: tuple[str, ...], arg: str) -> None:
-    if value not in choices:
-        raise ValueError(f"{arg} must be one of {choices}, got {value!r}")
 
 
 def _check_modules(encoder: Any, decoder: Any) -> None:
@@ -242,7 +238,7 @@ class Autoencoder(_ReconMixin, nn.Module):
     ) -> None:
         super().__init__()
         _check_modules(encoder, decoder)
-        _check_choice(reduction, _REDUCTIONS, "reduction")
+        check_choice(reduction, _REDUCTIONS, "reduction")
         self.encoder, self.decoder = encoder, decoder
         self.likelihood = get_likelihood(likelihood)
         _check_decoder_output(decoder, self.likelihood)
@@ -369,18 +365,16 @@ class GaussianVAE(_ReconMixin, nn.Module):
     ) -> None:
         super().__init__()
         _check_modules(encoder, decoder)
-        _check_choice(objective, _OBJECTIVES, "objective")
-        if isinstance(iwae_k, bool) or not (isinstance(iwae_k, int) and iwae_k > 0):
-            raise ValueError(f"iwae_k must be a positive int, got {iwae_k!r}")
+        check_choice(objective, _OBJECTIVES, "objective")
+        check_int(iwae_k, "iwae_k")
         if objective == "iwae" and (beta != 1 or free_bits != 0):
             raise ValueError(
                 "objective='iwae' is a bound on log p(x) and has no KL weight: it needs beta=1 "
                 f"and free_bits=0, got beta={beta!r}, free_bits={free_bits!r}"
             )
-        if isinstance(latent_dim, bool) or not (isinstance(latent_dim, int) and latent_dim > 0):
-            raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
-        _check_choice(posterior, _POSTERIORS, "posterior")
-        _check_choice(reduction, _REDUCTIONS, "reduction")
+        check_int(latent_dim, "latent_dim")
+        check_choice(posterior, _POSTERIORS, "posterior")
+        check_choice(reduction, _REDUCTIONS, "reduction")
         if not (isinstance(beta, (int, float)) and beta >= 0 and math.isfinite(beta)):
             raise ValueError(f"beta must be a non-negative finite number, got {beta!r}")
         if not (isinstance(free_bits, (int, float)) and 0 <= free_bits < math.inf):
@@ -535,8 +529,7 @@ class GaussianVAE(_ReconMixin, nn.Module):
             generator: Optional generator for reproducible draws.
             device: Where to draw; defaults to the model's device.
         """
-        if not (isinstance(n, int) and not isinstance(n, bool) and n > 0):
-            raise ValueError(f"n must be a positive int, got {n!r}")
+        check_int(n, "n")
         if device is None:
             device = next(self.parameters()).device
         z = torch.randn(n, self.latent_dim, generator=generator, device=device)

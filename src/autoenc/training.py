@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from autoenc._validation import check_choice, check_int
 from autoenc.batching import Batches, make_batches
 from autoenc.callbacks import Callback, ProgressBar, RunningMean, State, TermsView
 from autoenc.checkpoint import (
@@ -173,17 +174,6 @@ def _check_loader_shards(loader: Any, world_size: int) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # checking and preparing the arguments
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def _check_choice(value: Any, choices: tuple[str, ...], name: str) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
 def _check_model(model: Any) -> None:
@@ -342,7 +332,7 @@ def evaluate(
         ['loss', 'recon']
     """
     _check_model(model)
-    _check_int(batch_size, "batch_size", 1)
+    check_int(batch_size, "batch_size")
     if device is None:
         first = next(model.parameters(), None)
         dev = first.device if first is not None else torch.device("cpu")
@@ -539,19 +529,19 @@ def fit(
     """
     # 1. arguments, checked before anything changes
     _check_model(model)
-    _check_int(epochs, "epochs", 0)
+    check_int(epochs, "epochs", minimum=0)
     for_loader = isinstance(data, torch.utils.data.DataLoader)
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
-    _check_int(batch_size, "batch_size", 1)
+    check_int(batch_size, "batch_size")
     val_batch_size = batch_size if val_batch_size is None else val_batch_size
-    _check_int(val_batch_size, "val_batch_size", 1)
-    _check_choice(scheduler_interval, _INTERVALS, "scheduler_interval")
+    check_int(val_batch_size, "val_batch_size")
+    check_choice(scheduler_interval, _INTERVALS, "scheduler_interval")
     if grad_clip is not None and not (
         isinstance(grad_clip, (int, float)) and grad_clip > 0 and math.isfinite(grad_clip)
     ):
         raise ValueError(f"grad_clip must be a positive finite number or None, got {grad_clip!r}")
     if seed is not None:
-        _check_int(seed, "seed", 0)
+        check_int(seed, "seed", minimum=0)
     callbacks = list(callbacks)
     for cb in callbacks:
         if not isinstance(cb, Callback):
