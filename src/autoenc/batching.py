@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
 
 from autoenc._validation import check_int
+from autoenc.devices import resolve_device
 
 __all__ = ["Batches", "TensorBatches", "DatasetBatches", "LoaderBatches", "make_batches"]
 
@@ -88,15 +89,6 @@ def _item_tensor(item: Any) -> Tensor:
         f"dataset items must be tensors, PIL images or NumPy arrays (or tuples starting with one), "
         f"got {type(x).__name__}"
     )
-
-
-def _resolve_device(device: Any) -> torch.device:
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(
-            f"device must be a torch.device or a device string, got {device!r}"
-        ) from err
 
 
 def _fits_on(x: Tensor, device: torch.device) -> bool:
@@ -451,7 +443,7 @@ def make_batches(
         raise TypeError(f"transform must be callable or None, got {type(transform).__name__}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator)}")
-    device = _resolve_device(device)
+    device = resolve_device(device)
     if isinstance(data, DataLoader):
         return LoaderBatches(data, device=device, transform=transform)
     options = dict(
