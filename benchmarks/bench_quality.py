@@ -42,7 +42,7 @@ from harness import (
 from torch import nn
 
 from autoenc import fit
-from autoenc.callbacks import Callback
+from autoenc.training.callbacks import Callback
 
 CACHE = HERE / "results" / "article_quality.json"
 

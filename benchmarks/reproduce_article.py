@@ -84,10 +84,10 @@ from article import (  # noqa: E402
     article_optimizer,
 )
 
-from autoenc.callbacks import Callback, State  # noqa: E402
 from autoenc.functional import gaussian_kl_from_std  # noqa: E402
 from autoenc.recipes import article_autoencoder, article_vae  # noqa: E402
 from autoenc.training import fit  # noqa: E402
+from autoenc.training.callbacks import Callback, State  # noqa: E402
 
 KINDS = ("ae", "vae")
 PATHS = ("article", "autoenc")

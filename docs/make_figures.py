@@ -32,7 +32,6 @@ from pathlib import Path
 import torch
 
 import autoenc
-from autoenc.dashboards import ImageSnapshots
 from autoenc.data import binarize, dynamic_binarize, mnist
 from autoenc.evaluation import latent_diagnostics
 from autoenc.pictures import (
@@ -43,6 +42,7 @@ from autoenc.pictures import (
     save_image,
     traverse,
 )
+from autoenc.pictures.dashboards import ImageSnapshots
 from autoenc.recipes import recommended_vae
 
 OUT = Path(__file__).resolve().parent / "_static" / "figures"

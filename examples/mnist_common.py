@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from autoenc import save
-from autoenc.dashboards import ImageSnapshots, VisdomDashboard
 from autoenc.data import DatasetNotFoundError, mnist, mnist_or_sample
+from autoenc.pictures.dashboards import ImageSnapshots, VisdomDashboard
 from autoenc.training import fit
 
 SECONDS_PER_EPOCH = "about 7-15 s per epoch at batch 32 on a 2-core CPU"

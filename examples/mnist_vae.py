@@ -33,12 +33,12 @@ from pathlib import Path
 import torch
 from mnist_common import finish, is_main_process, limit, load_data, parser, train
 
-from autoenc.checkpoint import ModelCheckpoint
 from autoenc.data import dynamic_binarize
 from autoenc.evaluation import log_likelihood
 from autoenc.recipes import article_vae, recommended_vae
-from autoenc.schedules import KLWarmup
 from autoenc.training import evaluate
+from autoenc.training.checkpoint import ModelCheckpoint
+from autoenc.training.schedules import KLWarmup
 
 ARTICLE_EPOCHS = 10
 # The recommended recipe (see docs/recipe_results.md for what it reaches and how long it takes).

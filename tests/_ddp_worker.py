@@ -28,10 +28,10 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from autoenc import Autoencoder, Decoder, Encoder, GaussianVAE, LossOutput
-from autoenc.callbacks import Callback, CSVLogger, State
-from autoenc.checkpoint import ModelCheckpoint
-from autoenc.schedules import KLWarmup
 from autoenc.training import NonFiniteLossError, fit
+from autoenc.training.callbacks import Callback, CSVLogger, State
+from autoenc.training.checkpoint import ModelCheckpoint
+from autoenc.training.schedules import KLWarmup
 
 N_TRAIN, N_VAL, BATCH, EPOCHS, LR = 21, 7, 8, 3, 0.05
 

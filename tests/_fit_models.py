@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from autoenc import Autoencoder, Decoder, Encoder, GaussianVAE, LossOutput
-from autoenc.callbacks import Callback, State
+from autoenc.training.callbacks import Callback, State
 
 
 def tiny_vae(seed: int = 0, **kwargs) -> GaussianVAE:

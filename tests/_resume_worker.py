@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from autoenc import Decoder, Encoder, GaussianVAE
-from autoenc.callbacks import Callback, EarlyStopping
-from autoenc.checkpoint import ModelCheckpoint
-from autoenc.schedules import KLWarmup
 from autoenc.training import FitResult, fit
+from autoenc.training.callbacks import Callback, EarlyStopping
+from autoenc.training.checkpoint import ModelCheckpoint
+from autoenc.training.schedules import KLWarmup
 
 EPOCHS = 4
 

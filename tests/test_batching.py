@@ -1,4 +1,4 @@
-"""Tests for autoenc.batching: every kind of data, order, sharding and input checks."""
+"""Tests for autoenc.data.batching: every kind of data, order, sharding and input checks."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from torch.utils.data import (
     TensorDataset,
 )
 
-from autoenc.batching import DatasetBatches, LoaderBatches, TensorBatches, make_batches
+from autoenc.data.batching import DatasetBatches, LoaderBatches, TensorBatches, make_batches
 
 
 def _rows(batches) -> torch.Tensor:
@@ -105,7 +105,7 @@ def test_transform_is_applied_to_every_batch(x):
 def test_pairs_datasets_arrays_and_subsets_give_the_same_batches(x):
     labels = torch.arange(10)
     expected = _rows(make_batches(x, batch_size=4))
-    for data in [(x, labels), [x, labels], (x,), TensorDataset(x, labels), x.numpy()]:
+    for data in [(x, labels), TensorDataset(x, labels), x.numpy()]:
         assert torch.equal(_rows(make_batches(data, batch_size=4)), expected)
     subset = Subset(TensorDataset(x, labels), [7, 2, 5])
     assert torch.equal(_rows(make_batches(subset, batch_size=2)), x[[7, 2, 5]])
@@ -230,9 +230,12 @@ def test_empty_data_is_rejected(data, match):
     [
         (42, TypeError, "int"),
         ("abc", TypeError, "str"),
-        ([torch.zeros(3)] * 5, TypeError, "torch.stack"),
+        ([torch.zeros(3)] * 5, TypeError, "list of 5 tensors is ambiguous"),
+        ([torch.zeros(3, 2), torch.zeros(3)], TypeError, "torch.cat"),
+        ((torch.zeros(3, 2),), TypeError, "tuple of 1 tensors"),
+        ((torch.zeros(3, 2), torch.zeros(3), torch.ones(3)), TypeError, "an .x, y. tuple"),
         ((torch.zeros(3, 2), torch.zeros(4)), ValueError, "same length"),
-        ((torch.zeros(3, 2), [1, 2, 3]), TypeError, "list"),
+        ((torch.zeros(3, 2), [1, 2, 3]), TypeError, "ambiguous"),
     ],
 )
 def test_wrong_kinds_of_data_are_rejected(data, error, match):

@@ -11,7 +11,8 @@ import pytest
 import torch
 from _fit_models import Recorder, same_weights, tiny_ae, tiny_data, tiny_vae, weights
 
-from autoenc.callbacks import (
+from autoenc.training import fit
+from autoenc.training.callbacks import (
     Callback,
     CSVLogger,
     EarlyStopping,
@@ -19,7 +20,6 @@ from autoenc.callbacks import (
     RunningMean,
     TermsView,
 )
-from autoenc.training import fit
 
 quiet = functools.partial(fit, verbose=False)
 

@@ -1,4 +1,4 @@
-"""Tests for autoenc.checkpoint: what ModelCheckpoint writes, atomic writes, exact resume."""
+"""Tests for autoenc.training.checkpoint: ModelCheckpoint files, atomic writes, exact resume."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import torch
 from _fit_models import NaNAt, same_weights, tiny_data, tiny_vae, weights, without_time
 from torch.utils.data import DataLoader, TensorDataset
 
-import autoenc.checkpoint
-import autoenc.serialization
-from autoenc.callbacks import Callback
-from autoenc.checkpoint import ModelCheckpoint, load_checkpoint
+import autoenc.files
+import autoenc.training.checkpoint
 from autoenc.training import NonFiniteLossError, fit
+from autoenc.training.callbacks import Callback
+from autoenc.training.checkpoint import ModelCheckpoint, load_checkpoint
 
 quiet = functools.partial(fit, verbose=False)
 WORKER = Path(__file__).with_name("_resume_worker.py")
@@ -76,14 +76,14 @@ def test_checkpoint_loads_into_a_model_and_rebuilds_from_its_config(tmp_path):
 def test_every_n_epochs_and_the_final_epoch(tmp_path):
     written = []
     ckpt = ModelCheckpoint(tmp_path, every_n_epochs=2, save_best=False)
-    original = autoenc.checkpoint.atomic_save
+    original = autoenc.training.checkpoint.atomic_save
 
     def spy(payload, path):
         written.append((payload["epochs_completed"], Path(path).name))
         return original(payload, path)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(autoenc.checkpoint, "atomic_save", spy)
+        mp.setattr(autoenc.training.checkpoint, "atomic_save", spy)
         quiet(tiny_vae(), tiny_data(), epochs=5, callbacks=[ckpt])
     assert written == [(2, "last.pt"), (4, "last.pt"), (5, "last.pt")]
 
@@ -110,7 +110,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_and_no_temp_file(tmp_path
         f.truncate(100)  # half a file on disk, then the "crash"
         raise OSError("disk full")
 
-    monkeypatch.setattr(autoenc.serialization.torch, "save", crash_mid_write)
+    monkeypatch.setattr(autoenc.files.torch, "save", crash_mid_write)
     with pytest.raises(OSError, match="disk full"):
         quiet(tiny_vae(), tiny_data(), epochs=1, callbacks=[ckpt])
     monkeypatch.undo()
@@ -287,7 +287,7 @@ def test_resume_from_a_corrupted_or_missing_file(tmp_path):
 
 def test_a_model_file_is_not_a_checkpoint(tmp_path):
     model = tiny_vae()
-    model.save(tmp_path / "model.pt")
+    autoenc.save(model, tmp_path / "model.pt")
     with pytest.raises(ValueError, match="autoenc.load"):
         load_checkpoint(tmp_path / "model.pt")
 

@@ -23,8 +23,6 @@ from PIL import Image
 from torch import nn
 
 from autoenc import Autoencoder, Decoder, Encoder, GaussianVAE
-from autoenc.callbacks import State
-from autoenc.dashboards import ImageSnapshots, TensorBoardDashboard, VisdomDashboard
 from autoenc.pictures import (
     image_grid,
     prior_grid,
@@ -32,6 +30,8 @@ from autoenc.pictures import (
     reconstructions,
     to_uint8,
 )
+from autoenc.pictures.dashboards import ImageSnapshots, TensorBoardDashboard, VisdomDashboard
+from autoenc.training.callbacks import State
 
 needs_visdom = pytest.mark.skipif(
     importlib.util.find_spec("visdom") is None,
@@ -467,7 +467,7 @@ def test_missing_visdom_names_the_extra(monkeypatch):
 def test_importing_the_picture_modules_stays_light():
     code = (
         "import sys, autoenc; before = set(sys.modules); "
-        "import autoenc.pictures, autoenc.dashboards; "
+        "import autoenc.pictures, autoenc.pictures.dashboards; "
         "heavy = ('matplotlib', 'torchvision', 'visdom', 'tensorboard', 'PIL'); "
         "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in heavy))"
     )

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoenc import data
+import autoenc.data.datasets as data
 from autoenc.data import (
     DatasetNotFoundError,
     MNISTData,

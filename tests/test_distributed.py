@@ -1,4 +1,4 @@
-"""Tests for distributed training in fit (autoenc.distributed and the sharding of batching).
+"""Tests for distributed training in fit (autoenc.training.distributed and batch sharding).
 
 The fast tests run in this process. The slow ones start two real processes on 127.0.0.1 with
 the environment ``torchrun`` gives its workers (Gloo on the CPU) and check what they report:
@@ -17,9 +17,9 @@ import pytest
 import torch
 from _fit_models import tiny_ae, tiny_data
 
-from autoenc.batching import make_batches
-from autoenc.distributed import LossModule, setup
+from autoenc.data.batching import make_batches
 from autoenc.training import fit
+from autoenc.training.distributed import LossModule, setup
 
 WORKER = Path(__file__).with_name("_ddp_worker.py")
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")

@@ -532,7 +532,7 @@ def test_ae_rejects_bad_arguments(kwargs: dict, error: type[Exception], match: s
 
 
 def test_iwae_objective_is_the_negative_mean_iwae_bound():
-    from autoenc.evaluation import iwae_bound
+    from autoenc.models import iwae_bound
 
     enc, dec = Encoder(12, [16], 2 * 3), Decoder(3, [16], 12)
     vae = GaussianVAE(enc, dec, 3, objective="iwae", iwae_k=4)

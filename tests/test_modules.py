@@ -10,7 +10,7 @@ from article import article_decoder, article_encoder
 from torch import nn
 
 from autoenc import Decoder, Encoder, mlp
-from autoenc.modules import ACTIVATIONS
+from autoenc.networks import ACTIVATIONS
 
 
 def _types(module: nn.Module) -> list[type[nn.Module]]:

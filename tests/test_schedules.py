@@ -1,4 +1,4 @@
-"""Tests for autoenc.schedules: the β formulas and the callbacks that apply them."""
+"""Tests for autoenc.training.schedules: the β formulas and the callbacks that apply them."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from _fit_models import tiny_ae, tiny_data, tiny_vae
 
-from autoenc.schedules import FreeBits, KLCyclical, KLWarmup, cyclical, linear_warmup
 from autoenc.training import fit
+from autoenc.training.schedules import FreeBits, KLCyclical, KLWarmup, cyclical, linear_warmup
 
 quiet = functools.partial(fit, verbose=False)
 

@@ -20,9 +20,9 @@ from _fit_models import (
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from autoenc.callbacks import Callback
-from autoenc.checkpoint import ModelCheckpoint
-from autoenc.training import NonFiniteLossError, evaluate, fit
+from autoenc import NonFiniteLossError, evaluate, fit
+from autoenc.training.callbacks import Callback
+from autoenc.training.checkpoint import ModelCheckpoint
 
 quiet = functools.partial(fit, verbose=False)
 

@@ -1,23 +1,23 @@
-"""autoenc: autoencoders and variational autoencoders in plain PyTorch."""
+"""autoenc: autoencoders and variational autoencoders in plain PyTorch.
+
+The package is in layers whose imports point one way: maths (:mod:`autoenc.functional`,
+:mod:`autoenc.likelihoods`) -> :mod:`autoenc.networks` -> :mod:`autoenc.models` ->
+:mod:`autoenc.evaluation` and :mod:`autoenc.files` -> :mod:`autoenc.training` ->
+:mod:`autoenc.pictures`, with :mod:`autoenc.data` and :mod:`autoenc.recipes` beside them.
+"""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from autoenc.callbacks import Callback, CSVLogger, EarlyStopping, ProgressBar, State
-from autoenc.checkpoint import ModelCheckpoint, load_checkpoint
-from autoenc.dashboards import ImageSnapshots, TensorBoardDashboard, VisdomDashboard
-from autoenc.distributed import DistributedError
+from autoenc._utils import __version__
 from autoenc.evaluation import (
-    IWAETerms,
     LatentDiagnostics,
     LogLikelihood,
     PosteriorCollapseWarning,
-    iwae_bound,
-    iwae_terms,
+    evaluate,
     latent_diagnostics,
     log_likelihood,
 )
+from autoenc.files import load, save
 from autoenc.functional import gaussian_kl, reparameterize, sum_except_batch
 from autoenc.likelihoods import (
     Bernoulli,
@@ -31,18 +31,35 @@ from autoenc.models import (
     AEOutput,
     Autoencoder,
     GaussianVAE,
+    IWAETerms,
     LossOutput,
     Posterior,
     VAEOutput,
+    iwae_bound,
+    iwae_terms,
 )
-from autoenc.modules import Decoder, Encoder, mlp
-from autoenc.schedules import FreeBits, KLCyclical, KLWarmup
-from autoenc.serialization import load, save
-from autoenc.training import FitResult, NonFiniteLossError, evaluate, fit
+from autoenc.networks import Decoder, Encoder, mlp
+from autoenc.pictures import ImageSnapshots, TensorBoardDashboard, VisdomDashboard
+from autoenc.training import (
+    Callback,
+    CSVLogger,
+    DistributedError,
+    EarlyStopping,
+    FitResult,
+    FreeBits,
+    KLCyclical,
+    KLWarmup,
+    ModelCheckpoint,
+    NonFiniteLossError,
+    ProgressBar,
+    State,
+    fit,
+    load_checkpoint,
+)
 
 __all__ = [
     "__version__",
-    # building blocks
+    # networks
     "Encoder",
     "Decoder",
     "mlp",
@@ -53,6 +70,9 @@ __all__ = [
     "AEOutput",
     "VAEOutput",
     "Posterior",
+    "IWAETerms",
+    "iwae_terms",
+    "iwae_bound",
     # maths
     "reparameterize",
     "gaussian_kl",
@@ -87,13 +107,10 @@ __all__ = [
     # evaluation
     "log_likelihood",
     "LogLikelihood",
-    "iwae_bound",
-    "iwae_terms",
-    "IWAETerms",
     "latent_diagnostics",
     "LatentDiagnostics",
     "PosteriorCollapseWarning",
-    # persistence
+    # model files
     "save",
     "load",
 ]

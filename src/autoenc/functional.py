@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from autoenc._utils import LOG_2PI
+
 __all__ = [
     "reparameterize",
     "gaussian_kl",
@@ -22,8 +24,6 @@ __all__ = [
     "continuous_bernoulli_log_norm",
     "bernoulli_nll",
 ]
-
-_LOG_2PI = math.log(2 * math.pi)
 
 
 def _check_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
@@ -157,7 +157,7 @@ def gaussian_log_prob(x: Tensor, mu: Tensor | float = 0.0, logvar: Tensor | floa
         tensor([-0.9189, -1.4189])
     """
     logvar = torch.as_tensor(logvar, dtype=x.dtype, device=x.device)
-    return -0.5 * (_LOG_2PI + logvar + (x - mu).pow(2) * torch.exp(-logvar))
+    return -0.5 * (LOG_2PI + logvar + (x - mu).pow(2) * torch.exp(-logvar))
 
 
 def sum_except_batch(t: Tensor) -> Tensor:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from autoenc._utils import LOG_2PI
 from autoenc.functional import bernoulli_nll, continuous_bernoulli_log_norm
 
 __all__ = [
@@ -39,8 +40,6 @@ __all__ = [
     "ContinuousBernoulli",
     "get_likelihood",
 ]
-
-_LOG_2PI = math.log(2 * math.pi)
 
 
 class Likelihood(nn.Module):
@@ -91,9 +90,9 @@ class Likelihood(nn.Module):
         """Raise ``ValueError`` when ``x`` is outside the likelihood's support."""
         if self.needs_unit_interval and x.numel():
             low, high = torch.stack(torch.aminmax(x)).tolist()  # one pass, one host sync
-            self._check_range(low, high)
+            self.check_range(low, high)
 
-    def _check_range(self, low: float, high: float) -> None:
+    def check_range(self, low: float, high: float) -> None:
         """:meth:`check_target` on the data's extremes, which the models find in the same fused
         pass that looks for NaN and Inf."""
         if self.needs_unit_interval and (low < 0 or high > 1):
@@ -166,7 +165,7 @@ class Gaussian(Likelihood):
 
     def nll(self, params: Tensor, x: Tensor) -> Tensor:
         log_scale = self.log_scale.to(params.dtype)
-        return 0.5 * ((x - params) * torch.exp(-log_scale)).pow(2) + log_scale + 0.5 * _LOG_2PI
+        return 0.5 * ((x - params) * torch.exp(-log_scale)).pow(2) + log_scale + 0.5 * LOG_2PI
 
     def mean(self, params: Tensor) -> Tensor:
         return params

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from autoenc.models import Autoencoder, GaussianVAE
-from autoenc.modules import Decoder, Encoder
+from autoenc.networks import Decoder, Encoder
 
 __all__ = ["article_autoencoder", "article_vae", "recommended_vae"]
 
@@ -60,7 +60,7 @@ def recommended_vae(latent_dim: int = 32, hidden: Sequence[int] = (512, 512)) ->
     --iw-samples 1000``): batch 128, Adam with learning rate 1e-3 decayed to 0 by a per-step
     cosine (``scheduler=lambda opt: CosineAnnealingLR(opt, T_max=total_steps)``,
     ``scheduler_interval="step"``), a linear KL warm-up over the first 10% of the steps
-    (:class:`~autoenc.schedules.KLWarmup`), 60 epochs; every training batch binarized afresh,
+    (:class:`~autoenc.KLWarmup`), 60 epochs; every training batch binarized afresh,
     the test set binarized once. It reaches a test NLL of 88.2 nats (importance sampling with
     K=1000, all 10000 test images; a plain VAE in pythae's table: 89.78 after 500 epochs) in
     about 9 minutes of training on a 2-core CPU (20 on a busy one); 120 epochs reach 86.8.

@@ -13,7 +13,6 @@ from either; :func:`load_checkpoint` reads one (and can load its weights into a 
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import sys
@@ -25,14 +24,21 @@ from typing import Any
 import torch
 from torch import nn
 
-import autoenc
-from autoenc.callbacks import Callback, State, check_monitor, monitored_value
-from autoenc.distributed import all_gather_objects, any_rank
-from autoenc.serialization import atomic_save, read_archive
+from autoenc._utils import (
+    __version__,
+    atomic_save,
+    check_writable_folder,
+    config_json,
+    improved,
+    weights_are_finite,
+)
+from autoenc.files import read_archive
+from autoenc.training.callbacks import Callback, State, check_monitor, monitored_value
+from autoenc.training.distributed import DistributedSetup, all_gather_objects, any_rank
 
 __all__ = ["ModelCheckpoint", "save_checkpoint", "load_checkpoint", "make_checkpoint"]
 
-FORMAT = "autoenc.checkpoint"
+FORMAT = "autoenc.training.checkpoint"
 FORMAT_VERSION = 1
 
 
@@ -100,13 +106,6 @@ def callback_keys(callbacks: Sequence[Callback]) -> list[str]:
     return keys
 
 
-def _model_config(model: nn.Module) -> str | None:
-    try:
-        return json.dumps(model.config)
-    except (AttributeError, TypeError, ValueError):
-        return None
-
-
 def make_checkpoint(
     state: State, *, rng_ranks: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
@@ -122,9 +121,9 @@ def make_checkpoint(
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "autoenc_version": autoenc.__version__,
+        "autoenc_version": __version__,
         "kind": type(model).__name__,
-        "config": _model_config(model),
+        "config": config_json(model),
         "model": model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "scheduler": None if state.scheduler is None else state.scheduler.state_dict(),
@@ -145,12 +144,6 @@ def make_checkpoint(
             for key, cb in zip(callback_keys(state.callbacks), state.callbacks, strict=True)
         },
     }
-
-
-def weights_are_finite(model: nn.Module) -> bool:
-    """Whether every floating-point parameter and buffer is finite (one host sync)."""
-    flags = [torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
-    return bool(torch.stack(flags).all()) if flags else True
 
 
 def save_checkpoint(state: State, path: str | os.PathLike[str]) -> Path:
@@ -298,13 +291,8 @@ class ModelCheckpoint(Callback):
         self._monitor = self.monitor or ("val/loss" if state.has_val_data else "train/loss")
         if self.save_best:
             check_monitor(self._monitor, state, type(self).__name__)
-
-    def _improved(self, value: float) -> bool:
-        if value != value:  # NaN
-            return False
-        if self.best is None:
-            return True
-        return value < self.best if self.mode == "min" else value > self.best
+        if state.is_main_process:  # fail now, not after the first epoch
+            check_writable_folder(self.dirpath, type(self).__name__)
 
     def on_epoch_end(self, state: State) -> None:
         stop = state.should_stop
@@ -316,7 +304,7 @@ class ModelCheckpoint(Callback):
         best = False
         if self.save_best:
             value = monitored_value(self._monitor, state, type(self).__name__)
-            best = self._improved(value)
+            best = improved(value, self.best, self.mode)
             if best:
                 self.best, self.best_epoch = value, state.epoch
         paths = ([self.best_path] if best else []) + ([self.last_path] if self.save_last else [])
@@ -413,3 +401,48 @@ def restore_callbacks(payload: dict[str, Any], state: State) -> None:
     for key, cb in zip(callback_keys(state.callbacks), state.callbacks, strict=True):
         if key in saved:
             cb.load_state_dict(saved[key])
+
+
+def warn_on_resume_changes(payload: dict[str, Any], state: State, lr: Any, source: str) -> None:
+    """Warn when the resumed run cannot equal the one the checkpoint came from."""
+    saved = payload.get("batches_per_epoch")
+    current = state.batches_per_epoch
+    if saved is not None and current is not None and saved != current:
+        warnings.warn(
+            f"{source} was written by a run with {saved} batches per epoch, this one has "
+            f"{current}: the data or batch_size changed, so the resumed run will not match the "
+            "interrupted one",
+            stacklevel=3,
+        )
+    # A scheduler moves "lr"; the rate the run was started with is its "initial_lr".
+    groups = payload["optimizer"].get("param_groups", [])
+    started = {group.get("initial_lr", group.get("lr")) for group in groups}
+    if lr is not None and started and started != {lr}:
+        warnings.warn(
+            f"resuming restores the optimizer's learning rate from {source} (the run started "
+            f"at {', '.join(f'{r:g}' for r in sorted(started))}); lr={lr:g} is not applied. To "
+            "change it, set optimizer.param_groups[i]['lr'] in a callback's on_fit_start",
+            stacklevel=3,
+        )
+
+
+def load_resume(resume: Any, target: nn.Module, run: DistributedSetup) -> dict[str, Any] | None:
+    """The resume checkpoint, read by every process; all fail together if one cannot read it."""
+    if resume is None:
+        return None
+    payload, error = None, None
+    try:
+        payload = load_checkpoint(resume)
+        check_weights_fit(payload["model"], target, f"the resume checkpoint {str(resume)!r}")
+    except (OSError, ValueError) as err:
+        if not run.enabled:
+            raise
+        error = err
+    if run.enabled and any_rank([error is not None], run.device, "the resume check")[0]:
+        if error is not None:
+            raise error
+        raise ValueError(
+            f"another process could not read the resume checkpoint {str(resume)!r} (see its "
+            "error); every process reads it, so it must be on a file system they all see"
+        )
+    return payload

@@ -5,18 +5,16 @@ setting ``state.should_stop = True`` ends training after the current batch (the 
 finished early: its metrics cover the batches done).
 
 Built in: :class:`ProgressBar` (added by ``fit`` unless ``verbose=False``), :class:`CSVLogger`
-and :class:`EarlyStopping`; :class:`~autoenc.checkpoint.ModelCheckpoint` lives in
-:mod:`autoenc.checkpoint` and the KL schedules in :mod:`autoenc.schedules`.
+and :class:`EarlyStopping`; :class:`~autoenc.training.ModelCheckpoint` lives in
+:mod:`autoenc.training.checkpoint` and the KL schedules in :mod:`autoenc.training.schedules`.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -26,11 +24,13 @@ from typing import IO, Any
 import torch
 from torch import Tensor, nn
 
+from autoenc._utils import atomic_write, check_choice, check_int, check_number, improved
+from autoenc.evaluation.loss import RunningMean
+
 __all__ = [
     "State",
     "Callback",
     "TermsView",
-    "RunningMean",
     "ProgressBar",
     "CSVLogger",
     "EarlyStopping",
@@ -165,54 +165,6 @@ class TermsView(Mapping[str, float]):
         return repr(self._read())
 
 
-class RunningMean:
-    """Batch-size-weighted sums of named loss terms, accumulated on the device.
-
-    ``update`` adds a vector of per-batch means times the batch size; :meth:`means` divides
-    by the number of examples (one host sync), so a smaller last batch weighs what it should.
-    """
-
-    def __init__(self) -> None:
-        self.keys: tuple[str, ...] = ()
-        self.sums: Tensor | None = None
-        self.count = 0
-
-    def reset(self) -> None:
-        """Forget everything (start of an epoch)."""
-        self.keys, self.sums, self.count = (), None, 0
-
-    def update(self, keys: tuple[str, ...], values: Tensor, n: int) -> None:
-        """Add one batch: ``values`` are the batch's mean terms (1-D, aligned with ``keys``)."""
-        if self.sums is None:
-            dtype = torch.float32 if values.device.type == "mps" else torch.float64
-            self.keys, self.sums = keys, values.detach().to(dtype) * n
-        elif keys != self.keys:
-            raise ValueError(
-                f"model.loss returned the terms {list(keys)} after {list(self.keys)}; the terms "
-                "must be the same on every batch"
-            )
-        else:
-            self.sums.add_(values.detach(), alpha=n)
-        self.count += n
-
-    def means(self) -> dict[str, float]:
-        """The mean of every term over the examples seen (an empty dict before any)."""
-        if self.sums is None or self.count == 0:
-            return {}
-        return dict(zip(self.keys, (self.sums / self.count).tolist(), strict=True))
-
-    def state_dict(self) -> dict[str, Any]:
-        """Sums, keys and count, on the CPU."""
-        sums = None if self.sums is None else self.sums.detach().cpu()
-        return {"keys": list(self.keys), "sums": sums, "count": self.count}
-
-    def load_state_dict(self, state: dict[str, Any], *, device: torch.device | None = None) -> None:
-        """Restore :meth:`state_dict`, moving the sums to ``device``."""
-        self.keys, self.count = tuple(state["keys"]), int(state["count"])
-        sums = state["sums"]
-        self.sums = None if sums is None else sums.to(device or sums.device)
-
-
 # ---------------------------------------------------------------------------------------------
 # built-in callbacks
 
@@ -321,7 +273,7 @@ class CSVLogger(Callback):
 
     Example:
         >>> import tempfile, os
-        >>> from autoenc.callbacks import State, CSVLogger
+        >>> from autoenc.training import State, CSVLogger
         >>> path = os.path.join(tempfile.mkdtemp(), "log.csv")
         >>> state = State(model=None, optimizer=None, history={"train/loss": [0.5, 0.25]})
         >>> CSVLogger(path).on_epoch_end(state)
@@ -343,19 +295,7 @@ class CSVLogger(Callback):
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(["epoch", *keys])
         writer.writerows([i + 1, *map(repr, row)] for i, row in enumerate(rows))
-        _write_text_atomic(self.path, out.getvalue())
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic_write(self.path, lambda f: f.write(out.getvalue().encode("utf-8")))
 
 
 _MODES = ("min", "max")
@@ -390,12 +330,9 @@ class EarlyStopping(Callback):
         mode: str = "min",
         restore_best_weights: bool = False,
     ) -> None:
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-        if not (isinstance(patience, int) and patience >= 1):
-            raise ValueError(f"patience must be a positive int, got {patience!r}")
-        if not min_delta >= 0:
-            raise ValueError(f"min_delta must be >= 0, got {min_delta!r}")
+        check_choice(mode, _MODES, "mode")
+        patience = check_int(patience, "patience")
+        min_delta = check_number(min_delta, "min_delta", low=0)
         self.monitor, self.patience, self.min_delta, self.mode = monitor, patience, min_delta, mode
         self.restore_best_weights = restore_best_weights
         self._reset()
@@ -413,13 +350,7 @@ class EarlyStopping(Callback):
 
     def improved(self, value: float) -> bool:
         """Whether ``value`` beats the best so far by more than ``min_delta``."""
-        if math.isnan(value):
-            return False
-        if self.best is None:
-            return True
-        if self.mode == "min":
-            return value < self.best - self.min_delta
-        return value > self.best + self.min_delta
+        return improved(value, self.best, self.mode, self.min_delta)
 
     def on_epoch_end(self, state: State) -> None:
         value = monitored_value(self.monitor, state, type(self).__name__)

@@ -16,20 +16,16 @@ torchvision, Pillow and matplotlib are imported on first use, never with this mo
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from autoenc.models import _eval_mode
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from autoenc._utils import eval_mode, model_device
 
 __all__ = [
     "as_images",
@@ -42,8 +38,6 @@ __all__ = [
     "prior_grid",
     "interpolate",
     "traverse",
-    "latent_scatter",
-    "plot_history",
 ]
 
 
@@ -51,13 +45,7 @@ __all__ = [
 # helpers
 
 
-def _device(model: nn.Module) -> torch.device:
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
-def _check_tensor(x: Any, arg: str) -> Tensor:
+def check_batch(x: Any, arg: str) -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"{arg} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -78,19 +66,18 @@ def _as_batch(x: Any, model: nn.Module, arg: str) -> Tensor:
         in_shape = getattr(getattr(model, "encoder", None), "in_shape", None)
         if x.dim() == 1 or (in_shape is not None and tuple(x.shape) == tuple(in_shape)):
             x = x.unsqueeze(0)
-    return _check_tensor(x, arg)
+    return check_batch(x, arg)
 
 
 @torch.no_grad()
-def _codes(model: nn.Module, x: Tensor) -> Tensor:
-    """Posterior means (VAE) or codes (AE) of a batch, ``(b, latent_dim)``, on the CPU."""
-    _require(model, "encode", "this picture")
-    with _eval_mode(model):
-        q = model.encode(x.to(_device(model)))
-    z = getattr(q, "mu", q)
+def latent_codes(model: nn.Module, x: Tensor) -> Tensor:
+    """Deterministic codes of a batch (``model.embed``: a VAE's posterior mean), on the CPU."""
+    _require(model, "embed", "this picture")
+    with eval_mode(model):
+        z = model.embed(x.to(model_device(model)))
     if not isinstance(z, Tensor) or z.dim() != 2:
         raise TypeError(
-            "model.encode(x) must return a (b, latent_dim) tensor or an object whose .mu is one, "
+            "model.embed(x) must return a (b, latent_dim) tensor, "
             f"got {type(z).__name__} {tuple(z.shape) if isinstance(z, Tensor) else ''}".rstrip()
         )
     return z.float().cpu()
@@ -99,8 +86,8 @@ def _codes(model: nn.Module, x: Tensor) -> Tensor:
 @torch.no_grad()
 def _decode(model: nn.Module, z: Tensor) -> Tensor:
     _require(model, "decode", "this picture")
-    with _eval_mode(model):
-        return model.decode(z.to(_device(model))).float().cpu()
+    with eval_mode(model):
+        return model.decode(z.to(model_device(model))).float().cpu()
 
 
 def _image_shape(image_shape: Sequence[int] | None, model: Any) -> tuple[int, ...] | None:
@@ -144,7 +131,7 @@ def as_images(x: Tensor, image_shape: Sequence[int] | None = None, *, model: Any
         >>> as_images(torch.zeros(2, 784)).shape
         torch.Size([2, 1, 28, 28])
     """
-    x = _check_tensor(x, "x")
+    x = check_batch(x, "x")
     shape = _image_shape(image_shape, model)
     b = x.shape[0]
     if shape is not None:
@@ -211,13 +198,14 @@ def image_grid(
 
 
 def to_uint8(grid: Tensor) -> Tensor:
-    """Quantize a ``[0, 1]`` image to ``uint8`` (rounded, clamped), the pixels a PNG stores.
+    """Quantize a ``[0, 1]`` image to ``uint8`` as ``torchvision.utils.save_image`` does, for
+    the dashboards that take pixels (torchvision has no public function for this step).
 
     Example:
         >>> to_uint8(torch.tensor([0.0, 0.5, 1.0, 2.0])).tolist()
         [0, 128, 255, 255]
     """
-    return grid.detach().float().cpu().clamp(0, 1).mul(255).round().to(torch.uint8)
+    return grid.detach().float().cpu().mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
 
 
 def save_image(grid: Tensor, path: str | Path) -> Path:
@@ -236,19 +224,16 @@ def save_image(grid: Tensor, path: str | Path) -> Path:
         ...     save_image(image_grid(torch.rand(4, 784)), f"{d}/grid.png").name
         'grid.png'
     """
-    from PIL import Image
+    from torchvision.utils import save_image as write_png
 
     if not isinstance(grid, Tensor) or grid.dim() not in (2, 3):
         shape = tuple(grid.shape) if isinstance(grid, Tensor) else type(grid).__name__
         raise ValueError(f"grid must be a (C, H, W) or (H, W) tensor, got {shape}")
     if grid.dim() == 3 and grid.shape[0] not in (1, 3, 4):
         raise ValueError(f"grid must have 1, 3 or 4 channels, got {grid.shape[0]}")
-    pixels = to_uint8(grid)
-    if pixels.dim() == 3:
-        pixels = pixels[0] if pixels.shape[0] == 1 else rearrange(pixels, "c h w -> h w c")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels.numpy()).save(path, format="PNG")
+    write_png(grid.detach().float().cpu(), path, format="PNG")
     return path
 
 
@@ -269,8 +254,8 @@ def reconstructions(model: nn.Module, x: Tensor) -> Tensor:
         >>> reconstructions(ae, torch.rand(3, 784)).shape
         torch.Size([3, 784])
     """
-    x = _check_tensor(x, "x").to(_device(model))
-    with _eval_mode(model):
+    x = check_batch(x, "x").to(model_device(model))
+    with eval_mode(model):
         if callable(getattr(model, "reconstruct", None)):
             x_hat = model.reconstruct(x)
         else:
@@ -308,13 +293,13 @@ def prior_samples(model: nn.Module, n: int = 64, *, seed: int = 0) -> Tensor:
     _require(model, "sample", "drawing prior samples")
     if not (isinstance(n, int) and n > 0):
         raise ValueError(f"n must be a positive int, got {n!r}")
-    device = _device(model)
+    device = model_device(model)
     latent_dim = getattr(model, "latent_dim", None)
     if callable(getattr(model, "decode", None)) and isinstance(latent_dim, int):
         z = torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed))
         return _decode(model, z)
     generator = torch.Generator(device=device).manual_seed(seed)
-    with _eval_mode(model):
+    with eval_mode(model):
         return model.sample(n, generator=generator).float().cpu()
 
 
@@ -413,7 +398,7 @@ def interpolate(
         raise ValueError(
             f"x1 and x2 must have the same shape, got {tuple(x1.shape)} and {tuple(x2.shape)}"
         )
-    z1, z2 = _codes(model, x1), _codes(model, x2)  # (b, d) each
+    z1, z2 = latent_codes(model, x1), latent_codes(model, x2)  # (b, d) each
     t = torch.linspace(0, 1, steps)[None, :, None]  # (1, steps, 1)
     z = z1[:, None] + t * (z2 - z1)[:, None]  # (b, steps, d)
     x_hat = _decode(model, rearrange(z, "b s d -> (b s) d"))
@@ -455,7 +440,7 @@ def traverse(
         >>> traverse(vae, torch.rand(784), steps=5).shape
         torch.Size([3, 92, 152])
     """
-    mu = _codes(model, _as_batch(x, model, "x"))  # (1, d)
+    mu = latent_codes(model, _as_batch(x, model, "x"))  # (1, d)
     if mu.shape[0] != 1:
         raise ValueError(f"x must be one example, got a batch of {mu.shape[0]}")
     latent_dim = mu.shape[1]
@@ -474,125 +459,3 @@ def traverse(
         z[row, :, dim] = values + (mu[0, dim] if relative else 0.0)
     x_hat = _decode(model, rearrange(z, "r v d -> (r v) d"))
     return image_grid(x_hat, nrow=values.numel(), image_shape=image_shape, model=model)
-
-
-# ---------------------------------------------------------------------------------------------
-# plots
-
-
-def _figure(*, nrows: int = 1, ncols: int = 1, width: float = 5.0, height: float = 4.0) -> Any:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as err:
-        raise ImportError('plots need matplotlib: pip install "autoenc[plot]"') from err
-    # A bare Figure (no pyplot) touches no global state and needs no display backend.
-    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
-    return fig, fig.subplots(nrows, ncols, squeeze=False)
-
-
-def latent_scatter(
-    model: nn.Module,
-    x: Tensor,
-    labels: Sequence[int] | Tensor | None = None,
-    *,
-    projection: str = "pca",
-    batch_size: int = 1024,
-) -> Figure:
-    """Scatter the codes of ``x`` (posterior means for a VAE) in 2-D, coloured by label.
-
-    Args:
-        model: A model with ``encode``.
-        x: Inputs, ``(b, ...)``; encoded in chunks of ``batch_size``.
-        labels: Optional class of each input, ``b`` ints.
-        projection: How codes with more than two dims are shown: ``"pca"`` (the first two
-            principal components of the codes) or ``"first"`` (their first two dims). A 2-D code
-            is drawn as it is, a 1-D code along the x-axis.
-        batch_size: Inputs encoded at once.
-
-    Returns:
-        A matplotlib Figure with one axes; save it with ``fig.savefig(path)``.
-
-    Raises:
-        ImportError: If matplotlib is missing (the ``plot`` extra).
-    """
-    if projection not in ("pca", "first"):
-        raise ValueError(f"projection must be 'pca' or 'first', got {projection!r}")
-    x = _check_tensor(x, "x")
-    z = torch.cat([_codes(model, chunk) for chunk in x.split(batch_size)])  # (b, d)
-    if labels is not None:
-        labels = torch.as_tensor(labels).flatten()
-        if labels.numel() != z.shape[0]:
-            raise ValueError(
-                f"labels must have one entry per input ({z.shape[0]}), got {labels.numel()}"
-            )
-    axis_names = ["z[0]", "z[1]"]
-    if z.shape[1] == 1:
-        z = torch.cat([z, torch.zeros_like(z)], dim=1)
-        axis_names[1] = ""
-    elif z.shape[1] > 2 and projection == "pca":
-        centred = z - z.mean(dim=0)
-        _, s, vh = torch.linalg.svd(centred, full_matrices=False)
-        z = centred @ vh[:2].T  # (b, 2)
-        share = s.pow(2) / s.pow(2).sum().clamp_min(1e-12)
-        axis_names = [f"PC {i + 1} ({100 * share[i]:.0f}% of variance)" for i in range(2)]
-    fig, axes = _figure(width=6.0, height=5.0)
-    ax = axes[0, 0]
-    colours = {} if labels is None else {"c": labels.numpy(), "cmap": "tab10"}
-    points = ax.scatter(z[:, 0].numpy(), z[:, 1].numpy(), s=6, alpha=0.8, **colours)
-    if labels is not None:
-        if labels.unique().numel() <= 20:
-            ax.legend(*points.legend_elements(), title="label", loc="best", fontsize="small")
-        else:
-            fig.colorbar(points, ax=ax, label="label")
-    ax.set_xlabel(axis_names[0])
-    ax.set_ylabel(axis_names[1])
-    ax.set_title("latent codes" + (" (PCA)" if axis_names[0].startswith("PC") else ""))
-    return fig
-
-
-def plot_history(
-    history: Mapping[str, Sequence[float]],
-    *,
-    keys: Sequence[str] | None = None,
-    log_scale: bool = False,
-) -> Figure:
-    """Loss curves from a ``fit()`` history: one panel per quantity, one line per split.
-
-    Keys are grouped by what follows the ``/``: ``train/loss`` and ``val/loss`` share the
-    ``loss`` panel, ``train/kl`` and ``val/kl`` the ``kl`` panel. Epochs count from 1.
-
-    Args:
-        history: A dict of per-epoch lists, e.g. ``{"train/loss": [...], "val/loss": [...]}``.
-        keys: Keys to draw; by default every ``split/quantity`` key (``train/loss``,
-            ``val/kl``, ...), leaving out bookkeeping such as ``lr`` and ``time``.
-        log_scale: Use a log y-axis.
-
-    Returns:
-        A matplotlib Figure; save it with ``fig.savefig(path)``.
-
-    Raises:
-        ImportError: If matplotlib is missing (the ``plot`` extra).
-    """
-    if not isinstance(history, Mapping) or not history:
-        raise ValueError(f"history must be a non-empty dict of lists, got {history!r}")
-    keys = [k for k in history if "/" in k] if keys is None else list(keys)
-    missing = [k for k in keys if k not in history]
-    if missing or not keys:
-        raise ValueError(f"keys must be some of {sorted(history)}, got {keys!r}")
-    panels: dict[str, list[str]] = {}
-    for key in keys:
-        panels.setdefault(key.rsplit("/", 1)[-1], []).append(key)
-    fig, axes = _figure(ncols=len(panels), width=4.5, height=3.5)
-    for ax, (name, members) in zip(axes[0], panels.items(), strict=True):
-        for key in members:
-            values = [float(v) for v in history[key]]
-            marker = "." if len(values) < 30 else None
-            ax.plot(range(1, len(values) + 1), values, label=key, marker=marker)
-        ax.set_title(name)
-        ax.set_xlabel("epoch")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        if log_scale:
-            ax.set_yscale("log")
-        ax.legend(fontsize="small")
-        ax.grid(alpha=0.3)
-    return fig

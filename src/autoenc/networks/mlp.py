@@ -1,9 +1,8 @@
-"""Composable MLP building blocks: :func:`mlp`, :class:`Encoder` and :class:`Decoder`.
+"""MLP building blocks: :func:`mlp`, :class:`Encoder` and :class:`Decoder`.
 
 Each block is built from plain arguments (widths, an activation name, ...) and keeps them in
 ``config``, a JSON-able dict, so a model can be saved without pickling code and rebuilt from the
-file. Nothing here is required of user networks: any ``nn.Module`` mapping ``(b, d_in)`` to
-``(b, d_out)`` can stand in for an encoder or decoder.
+file.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 _NORMS = ("batch", "layer")
 
 
-def _make_activation(name: str | None, arg: str) -> nn.Module | None:
+def make_activation(name: str | None, arg: str) -> nn.Module | None:
     if name is None:
         return None
     if not isinstance(name, str) or name not in ACTIVATIONS:
@@ -41,7 +40,7 @@ def _make_activation(name: str | None, arg: str) -> nn.Module | None:
     return ACTIVATIONS[name]()
 
 
-def _as_shape(shape: int | Sequence[int], arg: str) -> tuple[int, ...]:
+def as_shape(shape: int | Sequence[int], arg: str) -> tuple[int, ...]:
     dims = (shape,) if isinstance(shape, int) else tuple(shape)
     if not dims or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
         raise ValueError(f"{arg} must be a positive int or a tuple of positive ints, got {shape!r}")
@@ -58,7 +57,7 @@ def _check_width(width: Any, arg: str) -> int:
     return width
 
 
-def _check_widths(hidden: Any) -> tuple[int, ...]:
+def check_widths(hidden: Any) -> tuple[int, ...]:
     if isinstance(hidden, (int, str)) or not isinstance(hidden, Sequence):
         raise ValueError(
             "hidden must be a list of positive ints (e.g. [256, 64], or [] for none), "
@@ -68,13 +67,6 @@ def _check_widths(hidden: Any) -> tuple[int, ...]:
     if not all(_is_width(w) for w in widths):
         raise ValueError(f"hidden widths must be positive ints, got {list(hidden)!r}")
     return widths
-
-
-def _flatten_patterns(shape: tuple[int, ...]) -> tuple[str, str, dict[str, int]]:
-    names = [f"d{i}" for i in range(len(shape))]
-    flat = f"b ({' '.join(names)})"
-    full = f"b {' '.join(names)}"
-    return full, flat, dict(zip(names, shape, strict=True))
 
 
 def mlp(
@@ -119,10 +111,10 @@ def mlp(
     """
     widths = (
         _check_width(in_features, "in_features"),
-        *_check_widths(hidden),
+        *check_widths(hidden),
         _check_width(out_features, "out_features"),
     )
-    _make_activation(activation, "activation")
+    make_activation(activation, "activation")
     if norm is not None and norm not in _NORMS:
         raise ValueError(f"norm must be one of {_NORMS} or None, got {norm!r}")
     if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
@@ -135,13 +127,13 @@ def mlp(
             layers.append(nn.BatchNorm1d(d_out))
         elif norm == "layer":
             layers.append(nn.LayerNorm(d_out))
-        act = _make_activation(activation, "activation")
+        act = make_activation(activation, "activation")
         if act is not None:
             layers.append(act)
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
     layers.append(nn.Linear(widths[-2], widths[-1]))
-    final = _make_activation(final_activation, "final_activation")
+    final = make_activation(final_activation, "final_activation")
     if final is not None:
         layers.append(final)
     return nn.Sequential(*layers)
@@ -180,11 +172,10 @@ class Encoder(nn.Module):
         final_activation: str | None = None,
     ) -> None:
         super().__init__()
-        self.in_shape = _as_shape(in_shape, "in_shape")
+        self.in_shape = as_shape(in_shape, "in_shape")
         self.in_features = math.prod(self.in_shape)
         self.out_features = out_features
-        full, flat, sizes = _flatten_patterns(self.in_shape)
-        self.flatten = Rearrange(f"{full} -> {flat}", **sizes)
+        self.flatten = Rearrange("b ... -> b (...)")
         self.net = mlp(
             self.in_features,
             hidden,
@@ -259,7 +250,7 @@ class Decoder(nn.Module):
         final_activation: str | None = None,
     ) -> None:
         super().__init__()
-        self.out_shape = _as_shape(out_shape, "out_shape")
+        self.out_shape = as_shape(out_shape, "out_shape")
         self.in_features = in_features
         self.out_features = math.prod(self.out_shape)
         self.net = mlp(
@@ -271,8 +262,8 @@ class Decoder(nn.Module):
             dropout=dropout,
             final_activation=final_activation,
         )
-        full, flat, sizes = _flatten_patterns(self.out_shape)
-        self.unflatten = Rearrange(f"{flat} -> {full}", **sizes)
+        # einops has no literal pattern for "unflatten to a shape of any rank"; torch does.
+        self.unflatten = nn.Unflatten(1, self.out_shape)
         self.final_activation = final_activation
         self.config: dict[str, Any] = {
             "in_features": in_features,

@@ -14,11 +14,12 @@ Example:
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
+
+from autoenc._utils import check_number
 
 __all__ = ["DEFAULT_LR", "adam", "build_optimizer", "build_scheduler", "is_plateau"]
 
@@ -46,8 +47,8 @@ def build_optimizer(model: nn.Module, optimizer: Any, lr: float | None) -> torch
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"the model ({type(model).__name__}) has no trainable parameters")
-    if lr is not None and not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if lr is not None:
+        lr = check_number(lr, "lr", positive=True)
     if optimizer is None:
         return adam(params, DEFAULT_LR if lr is None else lr)
     if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):

@@ -26,20 +26,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from autoenc._validation import check_int
-from autoenc.batching import make_batches
-from autoenc.functional import gaussian_kl, gaussian_kl_from_std, gaussian_log_prob
-from autoenc.likelihoods import Bernoulli, Likelihood, SquaredError, get_likelihood
-from autoenc.models import GaussianVAE, Posterior, _eval_mode
+from autoenc._utils import check_int, check_number, eval_mode, model_device, model_dtype
+from autoenc.data.batching import make_batches
+from autoenc.likelihoods import Bernoulli, Likelihood
+from autoenc.models.vae import GaussianVAE, check_vae, log_weights, resolve_likelihood
 
 __all__ = [
     "LogLikelihood",
-    "IWAETerms",
     "LatentDiagnostics",
     "PosteriorCollapseWarning",
     "log_likelihood",
-    "iwae_bound",
-    "iwae_terms",
     "latent_diagnostics",
 ]
 
@@ -95,24 +91,6 @@ class LogLikelihood:
 
 
 @dataclass
-class IWAETerms:
-    """What :func:`iwae_terms` returns; every field has shape ``(b,)``.
-
-    Attributes:
-        bound: The IWAE bound :math:`\\log\\frac1K\\sum_k w_k`, differentiable.
-        recon: :math:`-\\log p(x \\mid z_k)` averaged over the ``K`` samples, detached.
-        kl: :math:`\\mathrm{KL}(q(z \\mid x)\\,\\|\\,p(z))` in closed form, as the model's
-            ``loss`` logs it, detached. ``-(recon + kl)`` is the ELBO (its reconstruction
-            averaged over the ``K`` draws); ``bound`` exceeds it in expectation by what the
-            IWAE objective gains, and equals it in expectation at ``K = 1``.
-    """
-
-    bound: Tensor
-    recon: Tensor
-    kl: Tensor
-
-
-@dataclass
 class LatentDiagnostics:
     """What :func:`latent_diagnostics` returns.
 
@@ -135,119 +113,6 @@ class LatentDiagnostics:
     def kl(self) -> float:
         """Total KL summed over the latent dimensions, in nats per example."""
         return self.kl_per_dim.sum().item()
-
-
-def _check_vae(model: Any, fn: str) -> None:
-    if not isinstance(model, GaussianVAE):
-        raise TypeError(f"{fn} needs an autoenc.GaussianVAE, got {type(model).__name__}")
-
-
-def _resolve_likelihood(model: GaussianVAE, likelihood: Any) -> Likelihood:
-    resolved = model.likelihood if likelihood is None else get_likelihood(likelihood)
-    if isinstance(resolved, SquaredError):
-        raise ValueError(
-            "the 'mse' likelihood is a squared error, not a normalized density, so no "
-            "log-likelihood can be computed from it. Squared error with beta=1 is, up to a "
-            "constant, a Gaussian with standard deviation sqrt(1/2): pass "
-            "likelihood=autoenc.Gaussian(scale=0.5 ** 0.5) to evaluate under that density, or "
-            "train with likelihood='gaussian'"
-        )
-    return resolved
-
-
-def _kl(model: GaussianVAE, q: Posterior) -> Tensor:
-    """The KL to the prior that the model trains on, ``(b, latent_dim)``."""
-    if model.posterior == "sigma":
-        return gaussian_kl_from_std(q.mu, q.std)
-    return gaussian_kl(q.mu, q.logvar)
-
-
-def _log_weights(
-    model: GaussianVAE, likelihood: Likelihood, x: Tensor, q: Posterior, eps: Tensor
-) -> tuple[Tensor, Tensor]:
-    """``log p(x|z_k)`` and ``log p(z_k) - log q(z_k|x)``, each ``(k, b)``, at ``mu + std * eps``.
-
-    The proposal's standard deviation is ``exp(logvar / 2)`` for both posterior kinds, so the
-    density we divide by is the one we drew from (with ``posterior="sigma"`` that is
-    ``sqrt(1e-8 + sigma**2)``, matching the KL the model trains on).
-    """
-    k, b, latent = eps.shape
-    z = q.mu + torch.exp(0.5 * q.logvar) * eps  # (k, b, latent)
-    params = model.decoder(z.reshape(k * b, latent))  # (k * b, ...)
-    params = params.reshape(k, *x.shape)  # (k, b, *shape)
-    nll = likelihood.nll(params, x.expand(k, *x.shape))
-    log_px_z = -nll.reshape(k, b, -1).sum(dim=2)  # (k, b)
-    # log q(z|x) = log N(eps; 0, I) - logvar / 2 exactly, without recovering eps from z - mu.
-    log_qz = (gaussian_log_prob(eps) - 0.5 * q.logvar).sum(dim=2)  # (k, b)
-    log_pz = gaussian_log_prob(z).sum(dim=2)  # (k, b)
-    return log_px_z, log_pz - log_qz
-
-
-def iwae_terms(model: GaussianVAE, x: Tensor, k: int, *, eps: Tensor | None = None) -> IWAETerms:
-    r"""The IWAE bound of a batch with its averaged reconstruction and KL terms.
-
-    .. math::
-        \mathcal L_K(x) = \log \frac1K \sum_{k=1}^K
-        \frac{p(x \mid z_k)\, p(z_k)}{q(z_k \mid x)}, \qquad
-        z_k = \mu(x) + \sigma(x) \odot \epsilon_k,
-
-    (Burda et al., 2015). :math:`\mathcal L_1` is the ELBO with a sampled KL;
-    :math:`\mathcal L_K` rises with :math:`K` towards :math:`\log p(x)`. The model's mode is
-    left alone: this is a training objective.
-
-    Args:
-        model: A :class:`~autoenc.GaussianVAE`.
-        x: A batch, ``(b, ...)``, as ``model.loss`` takes it.
-        k: Number of importance samples per example.
-        eps: Standard-normal noise ``(k, b, latent_dim)``; fresh noise when ``None``.
-
-    Returns:
-        An :class:`IWAETerms` of ``(b,)`` tensors; only ``bound`` carries gradients.
-
-    Raises:
-        TypeError: If ``model`` is not a GaussianVAE or ``x`` is not a float tensor.
-        ValueError: On a non-positive ``k``, a badly shaped ``eps`` or the ``"mse"`` likelihood.
-    """
-    _check_vae(model, "iwae_terms")
-    check_int(k, "k")
-    likelihood = _resolve_likelihood(model, None)
-    model._check_input(x)
-    q = model.encode(x)
-    shape = (k, x.shape[0], model.latent_dim)
-    if eps is None:
-        eps = torch.randn(shape, dtype=q.mu.dtype, device=q.mu.device)
-    elif tuple(eps.shape) != shape:
-        raise ValueError(
-            f"eps must have shape (k, b, latent_dim) = {shape}, got {tuple(eps.shape)}"
-        )
-    log_px_z, log_ratio = _log_weights(model, likelihood, x, q, eps)
-    bound = torch.logsumexp(log_px_z + log_ratio, dim=0) - math.log(k)  # (b,)
-    recon = -log_px_z.mean(dim=0).detach()
-    return IWAETerms(bound=bound, recon=recon, kl=_kl(model, q).sum(dim=1).detach())
-
-
-def iwae_bound(model: GaussianVAE, x: Tensor, k: int, *, eps: Tensor | None = None) -> Tensor:
-    """The per-example IWAE bound, differentiable: ``iwae_terms(model, x, k, eps=eps).bound``.
-
-    Train on it with ``loss = -iwae_bound(model, x, k).mean()``. See :func:`iwae_terms`.
-
-    Returns:
-        A ``(b,)`` tensor in nats.
-
-    Example:
-        >>> from autoenc import Decoder, Encoder, GaussianVAE
-        >>> vae = GaussianVAE(Encoder(6, [8], 4), Decoder(2, [8], 6), latent_dim=2)
-        >>> iwae_bound(vae, torch.rand(3, 6), k=5).shape
-        torch.Size([3])
-    """
-    return iwae_terms(model, x, k, eps=eps).bound
-
-
-def _model_device(model: GaussianVAE, device: torch.device | str | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    first = next(model.parameters(), None)
-    return first.device if first is not None else torch.device("cpu")
 
 
 def _progress(batches: Iterable[Tensor], progress: bool, desc: str) -> Iterable[Tensor]:
@@ -299,7 +164,7 @@ def log_likelihood(
     Args:
         model: A :class:`~autoenc.GaussianVAE`.
         data: A tensor ``(n, ...)``, an ``(x, y)`` pair, a ``TensorDataset`` or anything
-            :func:`autoenc.batching.make_batches` accepts; labels are ignored, ``uint8`` is
+            :func:`autoenc.data.make_batches` accepts; labels are ignored, ``uint8`` is
             scaled to ``[0, 1]``.
         k: Importance samples per example (Burda et al. use 5000; 1000 is common).
         batch_size: Examples per encoder pass.
@@ -329,15 +194,15 @@ def log_likelihood(
         >>> result.log_px.shape, result.nll > 0
         (torch.Size([10]), True)
     """
-    _check_vae(model, "log_likelihood")
+    check_vae(model, "log_likelihood")
     check_int(k, "k")
     check_int(batch_size, "batch_size")
     if chunk_size is not None:
         check_int(chunk_size, "chunk_size")
     if seed is not None and generator is not None:
         raise ValueError("pass seed or generator, not both")
-    lik = _resolve_likelihood(model, likelihood)
-    device = _model_device(model, device)
+    lik = resolve_likelihood(model, likelihood)
+    device = model_device(model, device)
     if generator is None:
         generator = torch.Generator(device=device).manual_seed(0 if seed is None else seed)
     rows = _ROWS_PER_PASS.get(torch.device(device).type, _ROWS_PER_PASS_DEFAULT)
@@ -346,10 +211,16 @@ def log_likelihood(
 
     estimates: list[Tensor] = []
     dims, warned = 0, False
-    with _eval_mode(model):
-        batches = make_batches(data, batch_size=batch_size, device=device, transform=transform)
+    with eval_mode(model):
+        batches = make_batches(
+            data,
+            batch_size=batch_size,
+            device=device,
+            transform=transform,
+            dtype=model_dtype(model),
+        )
         for x in _progress(batches, progress, "log p(x)"):
-            model._check_input(x)
+            model.check_input(x)
             lik.check_target(x)
             if not warned and isinstance(lik, Bernoulli) and not ((x == 0) | (x == 1)).all():
                 warned = True
@@ -363,7 +234,7 @@ def log_likelihood(
                 # One draw per sample keeps the stream the same whatever the chunking.
                 draws = [torch.randn(q.mu.shape, generator=generator, **like) for _ in range(n)]
                 eps = torch.stack(draws)  # (n, b, latent)
-                log_px_z, log_ratio = _log_weights(model, lik, x, q, eps)
+                log_px_z, log_ratio = log_weights(model, lik, x, q, eps)
                 total = torch.logaddexp(total, torch.logsumexp(log_px_z + log_ratio, dim=0))
             estimates.append((total - math.log(k)).cpu())
     if not estimates:
@@ -417,17 +288,16 @@ def latent_diagnostics(
         >>> diag.kl_per_dim.shape, diag.n_active
         (torch.Size([4]), 4)
     """
-    _check_vae(model, "latent_diagnostics")
+    check_vae(model, "latent_diagnostics")
     check_int(batch_size, "batch_size")
-    if not (isinstance(threshold, (int, float)) and threshold >= 0 and math.isfinite(threshold)):
-        raise ValueError(f"threshold must be a non-negative finite number, got {threshold!r}")
+    threshold = check_number(threshold, "threshold", low=0)
     if min_active is None:
         min_active = math.ceil(model.latent_dim / 2)
     elif not (isinstance(min_active, int) and 0 <= min_active <= model.latent_dim):
         raise ValueError(
             f"min_active must be an int in [0, latent_dim={model.latent_dim}], got {min_active!r}"
         )
-    device = _model_device(model, device)
+    device = model_device(model, device)
 
     # Running mean and sum of squared deviations of mu, merged batch by batch (Chan et al.),
     # in float64 so a million examples lose nothing.
@@ -435,11 +305,17 @@ def latent_diagnostics(
     mean = torch.zeros(model.latent_dim, dtype=torch.float64, device=device)
     m2 = torch.zeros_like(mean)
     kl_sum = torch.zeros_like(mean)
-    with _eval_mode(model):
-        for x in make_batches(data, batch_size=batch_size, device=device, transform=transform):
-            model._check_input(x)
+    with eval_mode(model):
+        for x in make_batches(
+            data,
+            batch_size=batch_size,
+            device=device,
+            transform=transform,
+            dtype=model_dtype(model),
+        ):
+            model.check_input(x)
             q = model.encode(x)
-            kl_sum += _kl(model, q).double().sum(dim=0)
+            kl_sum += model.kl_elementwise(q).double().sum(dim=0)
             mu = q.mu.double()  # (b, latent)
             b = mu.shape[0]
             batch_mean = mu.mean(dim=0)

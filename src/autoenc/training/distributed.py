@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from autoenc.devices import resolve_device
+from autoenc._utils import resolve_device
 
 __all__ = [
     "DistributedError",
@@ -366,3 +366,41 @@ class StepSync:
         flags = self._reduce(zeros, 0, (stop, interrupted, not stop))[len(self.keys) + 1 :]
         stop_any, interrupted_any, _ = flags.tolist()
         return bool(stop_any), bool(interrupted_any)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module under a DataParallel/DistributedDataParallel wrapper."""
+    return getattr(model, "module", model) if hasattr(model, "device_ids") else model
+
+
+def per_rank_batch_size(batch_size: int, world_size: int, for_loader: bool) -> int:
+    if for_loader or world_size == 1:
+        return batch_size
+    if batch_size % world_size:
+        lower = batch_size - batch_size % world_size
+        raise ValueError(
+            f"batch_size={batch_size} is the global batch (examples per optimizer step over all "
+            f"{world_size} processes) and must be divisible by the number of processes; use "
+            f"{lower or world_size} or {lower + world_size}"
+        )
+    return batch_size // world_size
+
+
+def check_loader_shards(loader: Any, world_size: int) -> None:
+    """A DataLoader must give each process its own part of the data."""
+    if world_size == 1 or isinstance(loader.dataset, torch.utils.data.IterableDataset):
+        return
+    samplers = (loader.sampler, getattr(loader.batch_sampler, "sampler", None))
+    if not any(getattr(s, "num_replicas", None) == world_size for s in samplers):
+        raise ValueError(
+            f"data is a DataLoader without a DistributedSampler for {world_size} processes, so "
+            "every process would train on all of it; build it with "
+            "sampler=DistributedSampler(dataset) or pass the dataset itself (fit shards it)"
+        )
+
+
+def mean_over_ranks(meter: Any) -> dict[str, float]:
+    """Means of a :class:`~autoenc.evaluation.RunningMean` over all processes, each example
+    weighing the same."""
+    sums, count = sum_over_ranks(meter.sums, meter.count, "the validation metrics")
+    return dict(zip(meter.keys, (sums / count).tolist(), strict=True))

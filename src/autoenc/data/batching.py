@@ -29,30 +29,30 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
 
-from autoenc._validation import check_int
-from autoenc.devices import resolve_device
+from autoenc._utils import SEED_BOUND, check_int, resolve_device
 
 __all__ = ["Batches", "TensorBatches", "DatasetBatches", "LoaderBatches", "make_batches"]
-
-_SEED_BOUND = 2**62
 
 
 # ---------------------------------------------------------------------------------------------
 # helpers
 
 
-def to_float(x: Tensor, device: torch.device, *, what: str = "data") -> Tensor:
-    """Move ``x`` to ``device`` and make it floating point (``uint8`` / 255, ``bool`` -> 0/1).
+def to_float(
+    x: Tensor, device: torch.device, *, dtype: torch.dtype | None = None, what: str = "data"
+) -> Tensor:
+    """Move ``x`` to ``device`` as ``dtype`` (``uint8`` / 255, ``bool`` -> 0/1).
 
+    ``dtype=None`` keeps floating-point data as it is and gives the others the default dtype.
     The move comes first, so ``uint8`` images cross to an accelerator at a quarter of the size.
     """
     x = x.to(device, non_blocking=True)
     if x.dtype == torch.uint8:
-        return x.to(torch.get_default_dtype()).div_(255)
+        return x.to(dtype or torch.get_default_dtype()).div_(255)
     if x.dtype == torch.bool:
-        return x.to(torch.get_default_dtype())
+        return x.to(dtype or torch.get_default_dtype())
     if x.is_floating_point():
-        return x
+        return x if dtype is None else x.to(dtype)
     raise TypeError(
         f"{what} must hold floating-point, uint8 (pixels, scaled by 1/255) or bool values, got "
         f"dtype {x.dtype}; convert it yourself, e.g. x.float()"
@@ -79,10 +79,9 @@ def _item_tensor(item: Any) -> Tensor:
     if isinstance(x, Tensor):
         return x
     if type(x).__module__.startswith("PIL."):
-        import numpy as np
+        from torchvision.transforms.functional import pil_to_tensor
 
-        x = torch.from_numpy(np.array(x, copy=True))
-        return x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)  # (h, w, c) -> (c, h, w)
+        return pil_to_tensor(x)  # (c, h, w) uint8, scaled by to_float as ToTensor would
     if type(x).__module__ == "numpy":
         return torch.from_numpy(x)
     raise TypeError(
@@ -111,16 +110,16 @@ def _tensor_of(data: Any) -> Tensor | None:
     if isinstance(data, Subset) and isinstance(data.dataset, TensorDataset):
         indices = torch.as_tensor(list(data.indices), dtype=torch.long)
         return data.dataset.tensors[0].index_select(0, indices)
-    if isinstance(data, tuple | list) and 1 <= len(data) <= 3 and isinstance(data[0], Tensor):
-        if not all(isinstance(t, Tensor) for t in data):
+    if isinstance(data, (tuple, list)) and data and isinstance(data[0], Tensor):
+        if not (isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], Tensor)):
             raise TypeError(
-                "a data tuple must be (x,) or (x, y) tensors, got "
-                f"({', '.join(type(t).__name__ for t in data)})"
+                f"a {type(data).__name__} of {len(data)} tensors is ambiguous: pass one tensor "
+                "of examples (torch.cat the parts along dim 0), an (x, y) tuple of examples and "
+                "labels, or a Dataset"
             )
-        lengths = {t.shape[0] if t.dim() else None for t in data}
-        if len(lengths) != 1:
+        if data[0].dim() == 0 or data[1].dim() == 0 or len(data[0]) != len(data[1]):
             raise ValueError(
-                "the tensors of a data tuple must have the same length (first dimension), got "
+                "the tensors of an (x, y) pair must have the same length (first dimension), got "
                 f"shapes {[tuple(t.shape) for t in data]}"
             )
         return data[0]
@@ -144,6 +143,7 @@ class Batches:
     device: torch.device
     seed: int | None = None
     transform: Callable[[Tensor], Tensor] | None = None
+    dtype: torch.dtype | None = None  # floating-point data is cast to it (None: kept as it is)
 
     def __init__(self) -> None:
         self.epoch, self._skip = 0, 0
@@ -209,7 +209,7 @@ class _IndexedBatches(Batches):
         )
         self.equal_batches = equal_batches
         if shuffle:
-            self.seed = int(torch.randint(_SEED_BOUND, (), generator=generator))
+            self.seed = int(torch.randint(SEED_BOUND, (), generator=generator))
         step = batch_size * world_size  # examples per optimizer step over all ranks
         if world_size > 1 and n < world_size:
             raise ValueError(
@@ -282,7 +282,7 @@ class TensorBatches(_IndexedBatches):
         order = self._indices(epoch).to(self.x.device, non_blocking=True)
         for b in range(skip, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield to_float(self.x.index_select(0, idx), self.device)
+            yield to_float(self.x.index_select(0, idx), self.device, dtype=self.dtype)
 
 
 class DatasetBatches(_IndexedBatches):
@@ -305,7 +305,7 @@ class DatasetBatches(_IndexedBatches):
             except RuntimeError as err:
                 shapes = sorted({tuple(t.shape) for t in items})
                 raise ValueError(f"dataset items differ in shape: {shapes}") from err
-            yield to_float(x, self.device)
+            yield to_float(x, self.device, dtype=self.dtype)
 
 
 class LoaderBatches(Batches):
@@ -367,7 +367,7 @@ class LoaderBatches(Batches):
                     "a DataLoader batch must be a tensor or a tuple/list starting with one, got "
                     f"{type(x).__name__}"
                 )
-            yield to_float(x, self.device)
+            yield to_float(x, self.device, dtype=self.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,6 +385,7 @@ def make_batches(
     rank: int = 0,
     world_size: int = 1,
     equal_batches: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> Batches:
     """Batches of ``x`` as float tensors on ``device``, from any supported kind of data.
 
@@ -414,6 +415,8 @@ def make_batches(
             fewer examples than there are ranks it is padded with the epoch's first examples.
             ``False`` (for evaluation): each rank takes every ``world_size``-th example of the
             permutation, no example twice, and the ranks' batch counts may differ.
+        dtype: Cast floating-point data to this dtype (a model's parameter dtype: NumPy's
+            float64 arrays then train a float32 model); ``None`` keeps it.
 
     Returns:
         A :class:`Batches`: ``len()`` is the number of batches per epoch, iterating yields one
@@ -445,31 +448,33 @@ def make_batches(
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator)}")
     device = resolve_device(device)
     if isinstance(data, DataLoader):
-        return LoaderBatches(data, device=device, transform=transform)
-    options = dict(
-        batch_size=batch_size,
-        shuffle=bool(shuffle),
-        generator=generator,
-        device=device,
-        drop_last=bool(drop_last),
-        transform=transform,
-        rank=rank,
-        world_size=world_size,
-        equal_batches=bool(equal_batches),
-    )
+        batches: Batches = LoaderBatches(data, device=device, transform=transform)
+    else:
+        batches = _indexed(
+            data,
+            batch_size=batch_size,
+            shuffle=bool(shuffle),
+            generator=generator,
+            device=device,
+            drop_last=bool(drop_last),
+            transform=transform,
+            rank=rank,
+            world_size=world_size,
+            equal_batches=bool(equal_batches),
+        )
+    batches.dtype = dtype
+    return batches
+
+
+def _indexed(data: Any, **options: Any) -> _IndexedBatches:
     x = _tensor_of(data)
     if x is not None:
         return TensorBatches(x, **options)
     if isinstance(data, IterableDataset):
         raise TypeError("an IterableDataset has no random access: wrap it in a DataLoader")
     if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
-        if isinstance(data, (str, bytes, dict)) or (
-            isinstance(data, (list, tuple)) and data and isinstance(data[0], Tensor)
-        ):
-            raise TypeError(
-                f"cannot train on a {type(data).__name__} of tensors: stack them into one tensor "
-                "(torch.stack) or pass (x, y)"
-            )
+        if isinstance(data, (str, bytes, dict)):
+            raise TypeError(f"cannot train on a {type(data).__name__}")
         return DatasetBatches(data, **options)
     raise TypeError(
         "data must be a tensor, an (x, y) pair, a Dataset or a DataLoader, got "

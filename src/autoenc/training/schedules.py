@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from autoenc.callbacks import Callback, State
+from autoenc.training.callbacks import Callback, State
 
 __all__ = ["linear_warmup", "cyclical", "KLWarmup", "KLCyclical", "FreeBits"]
 

@@ -12,7 +12,6 @@ visdom and tensorboard are imported when a callback is built, never with this mo
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import socket
@@ -24,11 +23,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import torch
 from torch import Tensor, nn
 
-from autoenc.callbacks import Callback, State
-from autoenc.pictures import (
+from autoenc._utils import check_int, fork_rng, model_device
+from autoenc.pictures.grids import (
     image_grid,
     prior_grid,
     reconstruction_grid,
@@ -36,6 +34,7 @@ from autoenc.pictures import (
     save_image,
     to_uint8,
 )
+from autoenc.training.callbacks import Callback, State
 
 __all__ = ["ImageSnapshots", "VisdomDashboard", "TensorBoardDashboard"]
 
@@ -44,12 +43,6 @@ _Calls = list[tuple[str, dict[str, Any]]]  # (visdom method name, keyword argume
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-def _check_every(every: Any) -> int:
-    if not (isinstance(every, int) and not isinstance(every, bool) and every > 0):
-        raise ValueError(f"every must be a positive int (epochs), got {every!r}")
-    return every
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
@@ -61,14 +54,6 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[key] = float(value)
     return out
-
-
-def _frozen_rng(model: nn.Module) -> Any:
-    """Drawing pictures must not change the random numbers training sees next."""
-    t = next(itertools.chain(model.parameters(), model.buffers()), None)
-    if t is not None and t.device.type == "cuda":
-        return torch.random.fork_rng(devices=[t.device], device_type="cuda")
-    return torch.random.fork_rng(devices=[])  # the CPU generator (always forked)
 
 
 class _Frames:
@@ -101,7 +86,7 @@ class _Frames:
             raise ValueError(f"nrow must be a positive int, got {nrow!r}")
         self.x, self.n_samples, self.seed, self.nrow = x, n_samples, seed, nrow
         self.image_shape = None if image_shape is None else tuple(image_shape)
-        self.every = _check_every(every)
+        self.every = check_int(every, "every")
         self.last = 0  # number of the epoch drawn last in this run
 
     def due(self, state: State) -> int | None:
@@ -135,7 +120,7 @@ class _Frames:
         """``x``, ``x_hat`` and ``samples`` grids (those that apply), ``(3, H, W)`` in [0, 1]."""
         kw = {"nrow": self.nrow, "image_shape": self.image_shape}
         out = {}
-        with _frozen_rng(model):
+        with fork_rng(model_device(model)):
             if self.x is not None:
                 out["x"] = image_grid(self.x, model=model, **kw)
                 out["x_hat"] = image_grid(reconstructions(model, self.x), model=model, **kw)
@@ -171,7 +156,7 @@ class ImageSnapshots(Callback):
 
     Example:
         >>> from autoenc import GaussianVAE, Encoder, Decoder
-        >>> from autoenc.callbacks import State
+        >>> from autoenc.training import State
         >>> import tempfile
         >>> vae = GaussianVAE(Encoder(784, [32], 4), Decoder(2, [32], 784), latent_dim=2)
         >>> with tempfile.TemporaryDirectory() as d:
@@ -215,7 +200,7 @@ class ImageSnapshots(Callback):
     def _draw(self, model: nn.Module, n: int) -> None:
         f = self.frames
         f.last = n
-        with _frozen_rng(model):
+        with fork_rng(model_device(model)):
             if f.x is not None:
                 grid = reconstruction_grid(model, f.x, nrow=f.nrow, image_shape=f.image_shape)
                 self.written.append(save_image(grid, self.directory / f"recon_epoch{n:03d}.png"))
@@ -532,7 +517,7 @@ class TensorBoardDashboard(Callback):
         >>> import tempfile
         >>> from pathlib import Path
         >>> from autoenc import Autoencoder, Encoder, Decoder
-        >>> from autoenc.callbacks import State
+        >>> from autoenc.training import State
         >>> ae = Autoencoder(Encoder(784, [32], 4), Decoder(4, [32], 784))
         >>> state = State(model=ae, optimizer=None, epochs=1, metrics={"train/loss": 0.5})
         >>> with tempfile.TemporaryDirectory() as d:
