@@ -188,14 +188,21 @@ def _public_torch_name(target: str) -> str | None:
 
 
 def _defining_autoenc_name(target: str) -> str | None:
-    """``autoenc.GaussianVAE.loss`` -> ``autoenc.models.GaussianVAE.loss``, its documented name."""
+    """``autoenc.GaussianVAE.loss`` -> ``autoenc.models.GaussianVAE.loss``, its documented name:
+    the shortest public package path that holds the object (the API pages document packages)."""
     parts = target.split(".")
     if len(parts) < 2 or parts[1] not in autoenc.__all__:
         return None
-    module = getattr(getattr(autoenc, parts[1]), "__module__", None)
+    obj = getattr(autoenc, parts[1])
+    module = getattr(obj, "__module__", None)
     if not module or module == "autoenc" or not module.startswith("autoenc."):
         return None
-    return ".".join([module, *parts[1:]])
+    pieces = module.split(".")
+    for i in range(2, len(pieces) + 1):
+        prefix = ".".join(pieces[:i])
+        if getattr(importlib.import_module(prefix), parts[1], None) is obj:
+            return ".".join([prefix, *parts[1:]])
+    return None
 
 
 def _resolve_alias(app: Any, env: Any, node: Any, contnode: Any) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from autoenc.training.callbacks import Callback, CSVLogger, EarlyStopping, ProgressBar, State
 from autoenc.training.checkpoint import ModelCheckpoint, load_checkpoint
 from autoenc.training.distributed import DistributedError
-from autoenc.training.fit import FitResult, fit
+from autoenc.training.trainer import FitResult, fit
 from autoenc.training.loop import NonFiniteLossError
 from autoenc.training.schedules import FreeBits, KLCyclical, KLWarmup
 
