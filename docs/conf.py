@@ -41,6 +41,9 @@ extensions = [
     "sphinx.ext.intersphinx",
     "sphinx.ext.doctest",
     "sphinx.ext.mathjax",
+    # Serves MathJax 3 from the built docs' _static/mathjax (it sets mathjax_path), so formulas
+    # render offline and no page loads a script from a CDN; .ci/build-docs.sh checks the latter.
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
 ]
 
