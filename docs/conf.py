@@ -15,11 +15,14 @@ import doctest
 import importlib
 import os
 import pkgutil
+import re
 import warnings
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from docutils import nodes
+from sphinx import addnodes
 from torch import nn
 
 import autoenc
@@ -41,6 +44,9 @@ extensions = [
     "sphinx.ext.intersphinx",
     "sphinx.ext.doctest",
     "sphinx.ext.mathjax",
+    # Serves MathJax 3 from the built docs' _static/mathjax (it sets mathjax_path), so formulas
+    # render offline and no page loads a script from a CDN; .ci/build-docs.sh checks the latter.
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
 ]
 
@@ -238,13 +244,48 @@ def _drop_inherited_torch_docstring(
         lines.clear()
 
 
-def _drop_private_bases(app: Any, name: str, obj: Any, options: Any, bases: list[type]) -> None:
-    """Hide private mixins (``_ReconMixin``) and a bare ``object`` from the "Bases:" line."""
-    bases[:] = [base for base in bases if base is not object and not base.__name__.startswith("_")]
+# Bases that say nothing the page does not: every class derives from ``object``, and a NamedTuple's
+# docstring says it unpacks. Sphinx writes "Bases:" even for an empty list, hence the next handler.
+_PLAIN_BASES = (object, tuple, NamedTuple)
+
+
+def _drop_plain_bases(app: Any, name: str, obj: Any, options: Any, bases: list[Any]) -> None:
+    """Hide private mixins (``_ReconMixin``), ``object``, ``tuple`` and ``NamedTuple``."""
+    bases[:] = [
+        base
+        for base in bases
+        if not any(base is plain for plain in _PLAIN_BASES)
+        and not getattr(base, "__name__", "").startswith("_")
+    ]
+
+
+def _drop_empty_bases_line(app: Any, doctree: Any) -> None:
+    """Remove the "Bases:" line that Sphinx writes for a class whose bases were all dropped."""
+    for content in doctree.findall(addnodes.desc_content):
+        for child in list(content.children):
+            if isinstance(child, nodes.paragraph) and child.astext().strip() == "Bases:":
+                content.remove(child)
+
+
+_FIELD_ALIAS = re.compile(r"Alias for field number \d+")
+
+
+def _skip_namedtuple_fields(
+    app: Any, what: str, name: str, obj: Any, skip: bool, options: Any
+) -> bool | None:
+    """Leave out NamedTuple fields, whose only docstring is "Alias for field number N".
+
+    They are documented as the dataclass fields are: in the class docstring's Attributes section.
+    """
+    if _FIELD_ALIAS.fullmatch((getattr(obj, "__doc__", None) or "").strip()):
+        return True
+    return None
 
 
 def setup(app: Any) -> dict[str, Any]:
     app.connect("missing-reference", _resolve_alias, priority=400)
     app.connect("autodoc-process-docstring", _drop_inherited_torch_docstring)
-    app.connect("autodoc-process-bases", _drop_private_bases)
+    app.connect("autodoc-process-bases", _drop_plain_bases)
+    app.connect("autodoc-skip-member", _skip_namedtuple_fields)
+    app.connect("doctree-read", _drop_empty_bases_line)
     return {"parallel_read_safe": True}
