@@ -24,7 +24,10 @@ from torch import nn
 from autoenc import Decoder, Encoder, GaussianVAE
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = os.environ.get("AUTOENC_DATA", "/work/shared/data")
+# The shared MNIST copy beside a checkout of the repository, unless AUTOENC_DATA says otherwise.
+DEFAULT_DATA = os.environ.get(
+    "AUTOENC_DATA", str((HERE.parent.parent / "shared" / "data").resolve())
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,7 +84,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument(
         "--data-root",
         default=DEFAULT_DATA,
-        help="folder holding MNIST/raw (default: $AUTOENC_DATA or /work/shared/data)",
+        help="folder holding MNIST/raw (default: $AUTOENC_DATA or ../shared/data)",
     )
     p.add_argument("--quick", action="store_true", help="a short run (about a minute)")
     p.add_argument(

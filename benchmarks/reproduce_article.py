@@ -1,4 +1,4 @@
-"""Reproduction check (issue 4): the article's own loop against the examples' default path.
+"""Reproduction check: the article's own loop against the examples' default path.
 
 Trains the article's autoencoder and VAE two ways, for the same epochs and seeds, and compares
 what they reach on the 10000 MNIST test images:

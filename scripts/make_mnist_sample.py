@@ -11,8 +11,8 @@ decompressed IDX files), so the sample is always real MNIST.
 
 Usage::
 
-    python scripts/make_mnist_sample.py --root /work/shared/data
-    python scripts/make_mnist_sample.py --root /work/shared/data --out /tmp/sample --check
+    python scripts/make_mnist_sample.py --root ../shared/data
+    python scripts/make_mnist_sample.py --root ../shared/data --out /tmp/sample --check
 
 ``--check`` compares the decompressed contents with the files already in ``--out`` instead of
 writing, and exits 1 if they differ.

@@ -19,7 +19,7 @@ from _fit_models import tiny_ae, tiny_data
 
 from autoenc.data.batching import make_batches
 from autoenc.training import fit
-from autoenc.training.distributed import LossModule, setup
+from autoenc.training.distributed import setup
 
 WORKER = Path(__file__).with_name("_ddp_worker.py")
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -133,11 +133,6 @@ def test_distributed_false_ignores_the_launch(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     result = fit(tiny_ae(), tiny_data(), epochs=1, distributed=False, verbose=False)
     assert result.state.world_size == 1 and result.state.is_main_process
-
-
-def test_the_loss_module_forwards_to_loss():
-    model, x = tiny_ae(), tiny_data(5)
-    assert torch.equal(LossModule(model)(x).loss, model.loss(x).loss)
 
 
 # ---------------------------------------------------------------------------------------------

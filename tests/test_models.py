@@ -535,7 +535,7 @@ def test_iwae_objective_is_the_negative_mean_iwae_bound():
     from autoenc.models import iwae_bound
 
     enc, dec = Encoder(12, [16], 2 * 3), Decoder(3, [16], 12)
-    vae = GaussianVAE(enc, dec, 3, objective="iwae", iwae_k=4)
+    vae = GaussianVAE(enc, dec, 3, objective="iwae", k=4)
     x = torch.rand(5, 12).round()
     eps = torch.randn(4, 5, 3)
     out = vae.loss(x, eps=eps)
@@ -551,7 +551,9 @@ def test_iwae_objective_rejects_beta_and_bad_k():
     enc, dec = Encoder(12, [16], 2 * 3), Decoder(3, [16], 12)
     with pytest.raises(ValueError, match="beta=1"):
         GaussianVAE(enc, dec, 3, objective="iwae", beta=0.5)
-    with pytest.raises(ValueError, match="iwae_k"):
-        GaussianVAE(enc, dec, 3, objective="iwae", iwae_k=0)
+    with pytest.raises(ValueError, match="k must be a positive int"):
+        GaussianVAE(enc, dec, 3, objective="iwae", k=0)
+    with pytest.warns(FutureWarning, match="k="):  # the old name still works, with a warning
+        assert GaussianVAE(enc, dec, 3, objective="iwae", iwae_k=7).k == 7
     with pytest.raises(ValueError, match="objective"):
         GaussianVAE(enc, dec, 3, objective="vimco")

@@ -1,4 +1,4 @@
-"""The reproduction check of issue 4: the examples' default path computes the article's training.
+"""The reproduction check: the examples' default path computes the article's training.
 
 ``benchmarks/reproduce_article.py`` trains the article's hand-written loop
 (``benchmarks/article.py``) and ``autoenc.fit`` on the recipes' models and compares test

@@ -353,7 +353,7 @@ def mnist(
     ``.gz`` files. Without ``root``, ``$AUTOENC_DATA`` is used, else the cache folder (see
     :func:`resolve_root`). A download goes through :class:`torchvision.datasets.MNIST` (mirrors
     and md5 checks) into ``<root>/MNIST/raw``, with a socket timeout of
-    :data:`DOWNLOAD_TIMEOUT_S` seconds so that it cannot hang.
+    ``DOWNLOAD_TIMEOUT_S`` seconds so that it cannot hang.
 
     Each split is read once per process: later calls return the same tensors while the files
     are unchanged (same mtime and size). Do not modify them in place; ``clone()`` them first.

@@ -224,7 +224,7 @@ class ReconstructionModel(nn.Module):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Any:
-        """Build an untrained model from its :attr:`config`."""
+        """Build an untrained model from its ``config``."""
         kwargs = dict(config)
         encoder = build_network(kwargs.pop("encoder"))
         decoder = build_network(kwargs.pop("decoder"))

@@ -8,6 +8,7 @@ which :mod:`autoenc.evaluation` also uses for the marginal likelihood.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,10 +86,11 @@ class GaussianVAE(ReconstructionModel):
             (Kingma et al., 2016). The logged ``kl`` is always the true KL.
         logvar_clamp: ``(low, high)`` bounds for the log-variance.
         objective: ``"elbo"`` (one draw, the default) or ``"iwae"``: the importance-weighted
-            bound of Burda et al. (2015) with ``iwae_k`` draws per example, tighter than the
+            bound of Burda et al. (2015) with ``k`` draws per example, tighter than the
             ELBO; ``beta`` must be 1 and ``free_bits`` 0 with it. The logged ``recon`` and ``kl``
             keep their ELBO meaning (``recon`` averaged over the draws).
-        iwae_k: Number of importance samples for ``objective="iwae"``.
+        k: Importance samples per example for ``objective="iwae"`` (the ``k`` of
+            :func:`~autoenc.log_likelihood`). ``iwae_k=`` is a deprecated alias.
         validate: Check inputs for finiteness and range on every ``loss`` call.
 
     Example:
@@ -112,13 +114,22 @@ class GaussianVAE(ReconstructionModel):
         free_bits: float = 0.0,
         logvar_clamp: tuple[float, float] = (-30.0, 20.0),
         objective: str = "elbo",
-        iwae_k: int = 5,
+        k: int = 5,
         validate: bool = True,
+        iwae_k: int | None = None,
     ) -> None:
         super().__init__()
+        if iwae_k is not None:
+            warnings.warn(
+                "GaussianVAE(iwae_k=...) is deprecated: the importance-sample count is k= "
+                "everywhere (as in log_likelihood); use GaussianVAE(..., k=...)",
+                FutureWarning,
+                stacklevel=2,
+            )
+            k = iwae_k
         check_modules(encoder, decoder)
         check_choice(objective, _OBJECTIVES, "objective")
-        check_int(iwae_k, "iwae_k")
+        k = check_int(k, "k")
         if objective == "iwae" and (beta != 1 or free_bits != 0):
             raise ValueError(
                 "objective='iwae' is a bound on log p(x) and has no KL weight: it needs beta=1 "
@@ -155,7 +166,7 @@ class GaussianVAE(ReconstructionModel):
         self.latent_dim, self.beta = latent_dim, beta
         self.posterior, self.reduction = posterior, reduction
         self.free_bits, self.logvar_clamp = free_bits, (low, high)
-        self.objective, self.iwae_k = objective, iwae_k
+        self.objective, self.k = objective, k
         self.validate = validate
 
     def encode(self, x: Tensor) -> Posterior:
@@ -232,7 +243,7 @@ class GaussianVAE(ReconstructionModel):
         """``recon + beta * kl`` for a batch (one draw of ``z``; fixed when ``eps`` is given).
 
         With ``objective="iwae"`` the loss is the negative IWAE bound instead, and ``eps``, when
-        given, has shape ``(iwae_k, b, latent_dim)``.
+        given, has shape ``(k, b, latent_dim)``.
         """
         if self.objective == "iwae":
             return self._iwae_loss(x, eps)  # iwae_terms checks x
@@ -252,7 +263,7 @@ class GaussianVAE(ReconstructionModel):
         return LossOutput(loss=loss, recon=recon.detach(), kl=kl.detach())
 
     def _iwae_loss(self, x: Tensor, eps: Tensor | None) -> LossOutput:
-        t = iwae_terms(self, x, self.iwae_k, eps=eps)  # (b,) each
+        t = iwae_terms(self, x, self.k, eps=eps)  # (b,) each
         scale = x[0].numel() if self.reduction == "mean" else 1
         return LossOutput(
             loss=t.loss.mean() / scale, recon=t.recon.mean() / scale, kl=t.kl.mean() / scale
@@ -301,7 +312,7 @@ class GaussianVAE(ReconstructionModel):
             "free_bits": self.free_bits,
             "logvar_clamp": list(self.logvar_clamp),
             "objective": self.objective,
-            "iwae_k": self.iwae_k,
+            "k": self.k,
             "validate": self.validate,
         }
 

@@ -85,7 +85,7 @@ def mlp(
         in_features: Width of the input.
         hidden: Widths of the hidden layers, in order (may be empty).
         out_features: Width of the output.
-        activation: Name of the activation after each hidden layer (see :data:`ACTIVATIONS`);
+        activation: Name of the activation after each hidden layer (see ``ACTIVATIONS``);
             ``None`` for none.
         norm: ``"batch"``, ``"layer"`` or ``None``: normalization after each hidden ``Linear``.
         dropout: Dropout probability after each hidden activation.

@@ -5,9 +5,9 @@ from __future__ import annotations
 from autoenc.training.callbacks import Callback, CSVLogger, EarlyStopping, ProgressBar, State
 from autoenc.training.checkpoint import ModelCheckpoint, load_checkpoint
 from autoenc.training.distributed import DistributedError
-from autoenc.training.trainer import FitResult, fit
 from autoenc.training.loop import NonFiniteLossError
 from autoenc.training.schedules import FreeBits, KLCyclical, KLWarmup
+from autoenc.training.trainer import FitResult, fit
 
 __all__ = [
     "fit",

@@ -187,7 +187,7 @@ def load_checkpoint(
     model: nn.Module | None = None,
     map_location: Any = "cpu",
 ) -> dict[str, Any]:
-    """Read a checkpoint written by :class:`ModelCheckpoint` (or :func:`save_checkpoint`).
+    """Read a checkpoint written by :class:`ModelCheckpoint` (or ``save_checkpoint``).
 
     Args:
         path: The file.

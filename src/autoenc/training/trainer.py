@@ -192,7 +192,7 @@ def fit(
 ) -> FitResult:
     """Train ``model`` by minimizing ``model.loss(x)`` over ``data``.
 
-    Tensors and tensor datasets take the fast path of :mod:`autoenc.data.batching` (the whole set in
+    Tensors and tensor datasets take the fast path of :mod:`autoenc.data` (the whole set in
     memory, one seeded permutation per epoch, no ``DataLoader``); any map-style ``Dataset`` or
     a ``DataLoader`` works too. Every argument is checked, and ``model.loss`` is run on two
     examples, before the first step, so a mistake fails at once with a clear message.
