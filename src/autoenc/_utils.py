@@ -24,7 +24,7 @@ __version__ = "0.2.0"
 
 LOG_2PI = math.log(2 * math.pi)
 SEED_BOUND = 2**62  # seeds drawn by autoenc stay below this, so they fit an int64
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 # -- argument checks -----------------------------------------------------------------------------
 
@@ -98,16 +98,61 @@ def model_dtype(model: nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def check_precision(precision: Any, device: torch.device) -> None:
-    """Raise unless ``precision`` is one of :data:`PRECISIONS` and works on ``device``."""
+def native_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 matrix products run natively on ``device`` (so ``"bf16"`` pays).
+
+    On a CPU that needs AVX512-BF16 or AMX tiles (oneDNN emulates bf16 elsewhere, slower than
+    fp32); on CUDA, a GPU with bf16 support.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu" or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = f.read()
+    except OSError:  # not Linux: trust oneDNN's answer
+        return True
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def check_precision(precision: Any, device: torch.device) -> str:
+    """The precision to train in: ``precision`` checked, ``"auto"`` resolved for ``device``.
+
+    ``"auto"`` is ``"bf16"`` where :func:`native_bf16` says it runs natively, else ``"fp32"``.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
     if precision == "bf16":
         supported = torch.amp.is_autocast_available(device.type)
         if device.type == "cuda":
             supported = supported and torch.cuda.is_bf16_supported()
         if not supported:
             raise ValueError(f"precision='bf16' is not supported on {device}; use 'fp32'")
+    return precision
+
+
+def _flushing_denormals() -> bool:
+    # torch has no getter: with flushing on, a float32 denormal times one gives zero
+    return (torch.tensor([1e-39]) * torch.tensor([1.0])).item() == 0.0
+
+
+@contextlib.contextmanager
+def flush_denormals(enabled: bool = True) -> Iterator[None]:
+    """Treat denormal floats as zero inside the block (a process-wide CPU setting), then
+    restore the caller's setting. Denormal weights and activations slow CPU arithmetic
+    several-fold in long runs."""
+    if not enabled:
+        yield
+        return
+    before = _flushing_denormals()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:

@@ -129,7 +129,7 @@ def evaluate(
     check_model(model)
     check_int(batch_size, "batch_size")
     dev = model_device(model, device)
-    check_precision(precision, dev)
+    precision = check_precision(precision, dev)
     model.to(dev)
     batches = make_batches(
         data, batch_size=batch_size, device=dev, transform=transform, dtype=model_dtype(model)

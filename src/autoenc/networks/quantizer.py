@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce
 from torch import Tensor, nn
 
-from autoenc._validation import check_choice, check_int
+from autoenc._utils import check_choice, check_int
 
 __all__ = ["Quantized", "VectorQuantizer"]
 

@@ -192,109 +192,59 @@ def fit(
 ) -> FitResult:
     """Train ``model`` by minimizing ``model.loss(x)`` over ``data``.
 
-    Tensors and tensor datasets take the fast path of :mod:`autoenc.data` (the whole set in
-    memory, one seeded permutation per epoch, no ``DataLoader``); any map-style ``Dataset`` or
-    a ``DataLoader`` works too. Every argument is checked, and ``model.loss`` is run on two
-    examples, before the first step, so a mistake fails at once with a clear message.
-
-    Hooks run in this order: ``on_fit_start``; per epoch ``on_epoch_start``, ``on_batch_end``
-    after every step, ``on_epoch_end`` (after validation and the per-epoch scheduler step);
-    ``on_fit_end`` always, also when training raised or was interrupted.
-    :class:`~autoenc.ModelCheckpoint` callbacks run after all others. When resuming, each
-    callback's saved state is loaded after its ``on_fit_start`` (which may reset it).
-
-    **Several processes.** Started by ``torchrun`` (or inside a process group you created),
-    ``fit`` trains data-parallel with ``DistributedDataParallel``; the same script runs on one
-    process unchanged::
-
-        torchrun --standalone --nproc_per_node=4 train.py   # one machine, 4 processes
-        # two machines, 8 GPUs each: run on both, --node_rank=0 on HOST0 and 1 on the other
-        torchrun --nnodes=2 --nproc_per_node=8 --node_rank=0 \\
-            --master_addr=HOST0 --master_port=29500 train.py
-
-    It creates the process group (NCCL on CUDA, Gloo on the CPU; each process on
-    ``cuda:LOCAL_RANK``) and destroys it at the end; a group you created is left alone.
-    ``batch_size`` stays the global batch: each process takes ``batch_size // world_size``
-    examples of every global batch, so a step on ``k`` processes is a step of one process on
-    the same examples (the gradients are averaged, and weighted when the last batch splits
-    unevenly) and the hyperparameters, the data order and the number of steps do not change
-    with ``k``. Every process runs the same steps; the metrics and ``state.batch_terms`` are
-    those of the global batch, identical on every process. Only rank 0
-    (``state.is_main_process``) prints and writes checkpoints, pictures and logs; give every
-    process the same callbacks. A stop (early stopping, Ctrl-C, a callback's
-    ``should_stop``) or a NaN on any process stops them all at the same step; a process that
-    dies makes the others raise :class:`~autoenc.training.DistributedError` (at once on
-    Gloo, after ``distributed_timeout`` when it hangs). Each process draws its own noise
-    (seeded from ``seed``); checkpoints hold every process's RNG state, so a resume on the
-    same number of processes is exact. The resume file must be readable by every process.
+    Every argument and the first batch are checked, and ``model.loss`` runs on two examples,
+    before the first step, so a mistake fails at once. Tensors take an in-memory fast path;
+    datasets and DataLoaders work too. Under ``torchrun`` the same call trains data-parallel
+    (guide: *Distributed training*). The guide's *Training* page explains hooks, resuming,
+    seeds and the metrics in full.
 
     Args:
-        model: Any ``nn.Module`` with ``loss(x)`` returning a scalar tensor, a
-            :class:`~autoenc.LossOutput` or a dict with a ``"loss"`` key (other scalar entries
-            are logged). It is moved to ``device`` and stays there.
-        data: A tensor ``(n, ...)``, an ``(x, y)`` pair (labels ignored), a ``TensorDataset``,
-            a map-style ``Dataset`` or a ``DataLoader``. ``uint8`` is scaled by 1/255.
-        epochs: Total number of epochs (a resumed run counts the epochs already done).
-        batch_size: Examples per optimizer step (default 32, the article's), over all
-            processes in a distributed run, where it must be divisible by their number.
-            Ignored for a DataLoader (whose batch size is per process).
-        optimizer: ``None`` (Adam, fused where available), an optimizer instance over the
-            model's parameters, an optimizer class, or a callable ``params -> optimizer``.
+        model: Any ``nn.Module`` whose ``loss(x)`` returns a scalar tensor, a
+            :class:`~autoenc.LossOutput` or a dict with a ``"loss"`` key (other scalars are
+            logged). It moves to ``device`` and stays there.
+        data: A tensor ``(n, ...)``, an ``(x, y)`` tuple (labels ignored), a ``TensorDataset``,
+            a map-style ``Dataset`` or a ``DataLoader``. ``uint8`` is scaled by 1/255 and
+            floating-point data is cast to the model's dtype (NumPy's float64 included).
+        epochs: Total epochs (a resumed run counts the epochs already done).
+        batch_size: Examples per optimizer step over all processes (default 32, the article's).
+        optimizer: ``None`` (Adam, fused where available), an optimizer instance, an optimizer
+            class, or a callable ``params -> optimizer``.
         lr: Learning rate for the default Adam (1e-3) or an optimizer class.
-        scheduler: An LR scheduler for this optimizer, or a callable ``optimizer -> scheduler``
-            (needed with the default optimizer). ``ReduceLROnPlateau`` steps on ``val/loss``
-            when there is validation data, else on ``train/loss``.
+        scheduler: An LR scheduler, or a callable ``optimizer -> scheduler``.
+            ``ReduceLROnPlateau`` steps on ``val/loss`` (else ``train/loss``).
         scheduler_interval: Step the scheduler every ``"epoch"`` or every ``"step"``.
-        val_data: Data for ``val/...`` metrics after every epoch (same kinds as ``data``).
-        val_batch_size: Batch size for validation (default ``batch_size``); split over the
-            processes like ``batch_size``, rounded up.
-        callbacks: :class:`~autoenc.training.Callback` instances.
-        device: ``"auto"`` (CUDA when available, else the CPU), ``"cpu"``, ``"cuda:1"``, ...
+        val_data: Data for the ``val/...`` metrics after every epoch (as ``data``).
+        val_batch_size: Batch size for validation (default ``batch_size``).
+        callbacks: :class:`~autoenc.Callback` instances; :class:`~autoenc.ModelCheckpoint`
+            ones run last.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:1"``, ...
         precision: ``"fp32"``, or ``"bf16"`` for bfloat16 autocast (weights stay fp32).
         grad_clip: Clip the gradients' global norm to this value.
-        transform: A callable applied to every float batch on the device, e.g.
-            :func:`autoenc.data.dynamic_binarize`; also applied to ``val_data``.
-        seed: Seeds Python's ``random``, torch (and NumPy when loaded) and fixes the data order
-            and the validation noise, so two runs from the same initial model are identical.
-            Build the model after ``torch.manual_seed`` for identical initial weights too.
-            With several processes rank 0's seed (drawn when ``None``) fixes the data order
-            of all, and the other processes' random draws get seeds derived from it.
+        transform: Applied to every float batch on the device (e.g.
+            :func:`autoenc.data.dynamic_binarize`), also to ``val_data``.
+        seed: Seeds Python, torch (and NumPy when loaded) and fixes the data order and the
+            validation noise: two runs from the same initial model are identical.
         shuffle: Shuffle the training data every epoch (ignored for a DataLoader).
         drop_last: Drop each epoch's last, smaller batch.
-        resume: A checkpoint written by :class:`~autoenc.ModelCheckpoint`: continue that run
-            (model, optimizer, scheduler, RNGs, data order, history, callback states) so that
-            the result equals the uninterrupted run's, bit for bit on the CPU. The run's seed
-            comes from the checkpoint. From a mid-epoch (Ctrl-C) checkpoint the rest of the
-            epoch is exact for tensors and datasets; a ``DataLoader`` is re-read from the
-            start of the epoch and its first batches skipped, in a new order if it shuffles.
-        nan_guard: Check every batch's loss terms before the optimizer step and raise
-            :class:`NonFiniteLossError` naming the term when one is NaN or Inf. Costs one host
-            sync per step on an accelerator.
+        resume: A :class:`~autoenc.ModelCheckpoint` file: continue that run exactly (model,
+            optimizer, scheduler, RNGs, data order, history, callback states).
+        nan_guard: Check the loss terms before every step and the weights after every epoch;
+            raise :class:`~autoenc.NonFiniteLossError` naming the term.
         verbose: Add a :class:`~autoenc.ProgressBar` when ``callbacks`` holds none.
-        handle_interrupt: Catch Ctrl-C (in the main thread): stop after the current batch,
-            write the ``ModelCheckpoint`` callbacks' ``last.pt`` and return with
-            ``interrupted=True``; a second Ctrl-C raises ``KeyboardInterrupt`` at once.
-        distributed: ``"auto"``: train on several processes when launched by ``torchrun``
-            (``WORLD_SIZE`` > 1 with ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``,
-            ``MASTER_PORT``) or inside an initialized process group of several processes;
-            ``True``: the same, but an error when there is neither; ``False``: train in this
-            process alone, whatever the environment says.
-        distributed_timeout: Seconds a collective may wait for the other processes before
-            it fails, for a process group ``fit`` creates (``None``: PyTorch's default,
-            10 minutes for NCCL and 30 for Gloo).
+        handle_interrupt: On Ctrl-C, stop after the current batch, write the checkpoints'
+            ``last.pt`` and return with ``interrupted=True``; a second Ctrl-C aborts.
+        distributed: ``"auto"`` (several processes under ``torchrun`` or in a process group),
+            ``True`` (the same, an error without one) or ``False`` (this process alone).
+        distributed_timeout: Seconds a collective waits for the other processes.
 
     Returns:
         A :class:`FitResult` with the per-epoch ``history`` and the final ``state``.
 
     Raises:
-        TypeError: A model without ``loss``, data or arguments of the wrong kind.
-        ValueError: Empty data, ``batch_size`` <= 0, ``epochs`` < 0, data that ``model.loss``
-            rejects, a bad device or precision, or a ``resume`` checkpoint that is corrupted
-            or holds another model; in a distributed run also a ``batch_size`` not divisible
-            by the number of processes, a DataLoader without a ``DistributedSampler``, fewer
-            examples than processes, or an incomplete ``torchrun`` environment.
-        NonFiniteLossError: A loss term became NaN/Inf (also a ``ValueError``); in a
-            distributed run on any process, raised on all.
+        TypeError: A model without ``loss``, or data or arguments of the wrong kind.
+        ValueError: Empty or rejected data, a bad argument, device or precision, or a
+            ``resume`` checkpoint that is corrupted or belongs to another run.
+        NonFiniteLossError: A loss term or the weights became NaN/Inf.
         DistributedError: Another process of a distributed run died or stopped answering.
 
     Example:
@@ -325,7 +275,7 @@ def fit(
             raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
     with process_group(distributed, device, timeout=distributed_timeout) as run:
         dev, rank, world_size = run.device, run.rank, run.world_size
-        check_precision(precision, dev)
+        precision = check_precision(precision, dev)
         if for_loader:
             check_loader_shards(data, world_size)
         batch_size = per_rank_batch_size(batch_size, world_size, for_loader)
