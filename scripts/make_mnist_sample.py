@@ -11,8 +11,10 @@ decompressed IDX files), so the sample is always real MNIST.
 
 Usage::
 
-    python scripts/make_mnist_sample.py --root ../shared/data
-    python scripts/make_mnist_sample.py --root ../shared/data --out /tmp/sample --check
+    python scripts/make_mnist_sample.py --root DIR
+    python scripts/make_mnist_sample.py --root DIR --out OUT --check
+
+where ``DIR`` holds ``MNIST/raw/`` (torchvision's layout).
 
 ``--check`` compares the decompressed contents with the files already in ``--out`` instead of
 writing, and exits 1 if they differ.

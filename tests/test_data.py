@@ -1,5 +1,6 @@
-"""Tests for autoenc.data: IDX reading, root resolution, download failures, caching, binarization,
-and the shipped sample. Unit tests write tiny IDX files; real MNIST only in slow tests."""
+"""Tests for autoenc.data: reading MNIST files, root resolution, missing and damaged files, the
+download's clean failure, the fallback to the shipped sample, and binarization. Unit tests
+write tiny IDX files and never reach the network; real MNIST only in slow tests."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import io
 import json
 import os
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 import warnings
@@ -19,11 +22,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import autoenc.data.datasets as data
 from autoenc.data import (
     DatasetNotFoundError,
     MNISTData,
     binarize,
+    clear_cache,
     dynamic_binarize,
     mnist,
     mnist_or_sample,
@@ -34,6 +37,12 @@ from autoenc.data import (
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 REAL_ROOT_FROM_ENV = os.environ.get("AUTOENC_DATA")  # read before the fixture below hides it
+NAMES = {
+    (True, "images"): "train-images-idx3-ubyte",
+    (True, "labels"): "train-labels-idx1-ubyte",
+    (False, "images"): "t10k-images-idx3-ubyte",
+    (False, "labels"): "t10k-labels-idx1-ubyte",
+}
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -55,109 +64,78 @@ def split_files(split: MNISTData) -> tuple[bytes, bytes]:
     return idx_bytes(split.images.squeeze(1)), idx_bytes(split.labels.to(torch.uint8))
 
 
-def write_split(
-    folder: Path, split: MNISTData | None = None, *, train: bool = True, gz: bool = False
-) -> MNISTData:
-    """Write images and labels in torchvision's file names into ``folder``."""
+def write_split(root: Path, split: MNISTData | None = None, *, train: bool = True) -> MNISTData:
+    """Write one split as torchvision keeps it: ``root/MNIST/raw/<name>``."""
     split = make_split() if split is None else split
-    folder.mkdir(parents=True, exist_ok=True)
-    prefix = "train" if train else "t10k"
-    images, labels = split_files(split)
-    for name, content in (
-        (f"{prefix}-images-idx3-ubyte", images),
-        (f"{prefix}-labels-idx1-ubyte", labels),
-    ):
-        if gz:
-            (folder / f"{name}.gz").write_bytes(gzip.compress(content))
-        else:
-            (folder / name).write_bytes(content)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for kind, content in zip(("images", "labels"), split_files(split), strict=True):
+        (raw / NAMES[train, kind]).write_bytes(content)
     return split
 
 
 def assert_same(a: MNISTData, b: MNISTData) -> None:
-    assert a.images.shape == b.images.shape and a.images.dtype == torch.uint8
-    assert a.labels.dtype == torch.int64
+    assert a.images.dtype == torch.uint8 and a.labels.dtype == torch.int64
     assert torch.equal(a.images, b.images)
     assert torch.equal(a.labels, b.labels)
 
 
-def real_root() -> str:
-    """Where real MNIST is: $AUTOENC_DATA, else the shared copy; skips the test if neither."""
-    for root in (REAL_ROOT_FROM_ENV, "/work/shared/data"):
-        if root and data._locate(Path(root), True) and data._locate(Path(root), False):
-            return root
+def tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def real_root() -> Path:
+    """Where real MNIST is: $AUTOENC_DATA, else ../shared/data; skips the test if neither."""
+    for root in (REAL_ROOT_FROM_ENV, REPO.parent / "shared" / "data"):
+        if root and all((Path(root) / "MNIST" / "raw" / n).is_file() for n in NAMES.values()):
+            return Path(root)
     pytest.skip("real MNIST not found (set AUTOENC_DATA)")
 
 
 @pytest.fixture(autouse=True)
-def _isolated(monkeypatch):
-    """No network, no cache carried between tests, and no AUTOENC_DATA from the environment."""
+def _isolated(tmp_path, monkeypatch):
+    """No network, no AUTOENC_DATA, a fresh default cache folder, and no cached tensors."""
 
     def no_network(*args, **kwargs):
         raise urllib.error.URLError("network disabled in tests")
 
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
     monkeypatch.delenv("AUTOENC_DATA", raising=False)
-    data.clear_cache()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    clear_cache()
     yield
-    data.clear_cache()
+    clear_cache()
 
 
-# ---------------------------------------------------------------------------- loading and layouts
+# ---------------------------------------------------------------------------- reading files
 
 
-@pytest.mark.parametrize("point_at", ["holder", "MNIST", "raw"])
-def test_loads_from_each_root_layout(tmp_path, point_at):
-    written = write_split(tmp_path / "MNIST" / "raw")
-    root = {"holder": tmp_path, "MNIST": tmp_path / "MNIST", "raw": tmp_path / "MNIST" / "raw"}
-    loaded = mnist(root[point_at], download=False)
-    assert isinstance(loaded, MNISTData)
-    assert loaded.images.shape == (10, 1, 28, 28)
-    assert_same(loaded, written)
-
-
-def test_loads_the_test_split_from_t10k_files(tmp_path):
+def test_reads_both_splits_from_torchvision_layout(tmp_path):
     train = write_split(tmp_path, make_split(10, seed=1))
     test = write_split(tmp_path, make_split(7, seed=2), train=False)
-    assert_same(mnist(tmp_path, download=False), train)
+    loaded = mnist(tmp_path, download=False)
+    assert loaded.images.shape == (10, 1, 28, 28) and loaded.labels.shape == (10,)
+    assert_same(loaded, train)
     assert_same(mnist(tmp_path, train=False, download=False), test)
+    assert repr(loaded) == "MNISTData(images=uint8[10, 1, 28, 28], labels=int64[10])"
+    x, y = loaded
+    assert x is loaded.images and y is loaded.labels
 
 
-def test_reads_lecun_file_names(tmp_path):
-    split = make_split()
-    images, labels = split_files(split)
-    (tmp_path / "train-images.idx3-ubyte").write_bytes(images)
-    (tmp_path / "train-labels.idx1-ubyte").write_bytes(labels)
-    assert_same(mnist(tmp_path, download=False), split)
-
-
-def test_reads_gz_when_only_gz_exists(tmp_path):
-    written = write_split(tmp_path / "MNIST" / "raw", gz=True)
-    assert_same(mnist(tmp_path, download=False), written)
-
-
-def test_prefers_decompressed_files_over_gz(tmp_path):
-    raw = tmp_path / "MNIST" / "raw"
-    write_split(raw, make_split(seed=1), gz=True)
-    plain = write_split(raw, make_split(seed=2))
-    assert_same(mnist(tmp_path, download=False), plain)
-
-
-def test_result_unpacks_as_x_y_and_has_a_short_repr(tmp_path):
-    write_split(tmp_path)
-    x, y = mnist(tmp_path, download=False)
-    assert x.shape == (10, 1, 28, 28) and y.shape == (10,)
-    assert repr(mnist(tmp_path, download=False)) == (
-        "MNISTData(images=uint8[10, 1, 28, 28], labels=int64[10])"
-    )
-
-
-def test_ambiguous_root_is_refused(tmp_path):
-    write_split(tmp_path / "MNIST" / "raw", make_split(seed=1))
-    write_split(tmp_path, make_split(seed=2))
-    with pytest.raises(ValueError, match="ambiguous") as info:
-        mnist(tmp_path, download=False)
-    assert str(tmp_path / "MNIST" / "raw") in str(info.value)
+def test_tensors_are_shared_until_the_files_change(tmp_path):
+    write_split(tmp_path, make_split(seed=1))
+    first = mnist(tmp_path, download=False)
+    (tmp_path / "sub").mkdir()
+    assert mnist(tmp_path, download=False) is first
+    assert mnist(tmp_path / "sub" / "..", download=False) is first  # same files, other spelling
+    newer = write_split(tmp_path, make_split(seed=2))
+    path = tmp_path / "MNIST" / "raw" / NAMES[True, "images"]
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    reread = mnist(tmp_path, download=False)
+    assert_same(reread, newer)
+    clear_cache()
+    assert mnist(tmp_path, download=False) is not reread
 
 
 def test_bad_argument_types(tmp_path):
@@ -167,6 +145,8 @@ def test_bad_argument_types(tmp_path):
         mnist(tmp_path, download=0)
     with pytest.raises(TypeError, match="root"):
         mnist(3, download=False)
+    with pytest.raises(TypeError, match="hint"):
+        mnist_or_sample(tmp_path, hint=None)
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="must be a folder"):
         mnist(tmp_path / "file", download=False)
@@ -191,44 +171,52 @@ def test_root_precedence_argument_then_env_then_cache(tmp_path, monkeypatch):
     assert resolve_root("~/d") == tmp_path / "home" / "d"
 
 
-def test_env_var_is_used_and_the_argument_wins(tmp_path, monkeypatch):
-    from_env = write_split(tmp_path / "env" / "MNIST" / "raw", make_split(seed=1))
-    from_arg = write_split(tmp_path / "arg", make_split(seed=2))
+def test_loaders_follow_the_same_precedence(tmp_path, monkeypatch):
+    from_cache = write_split(tmp_path / "xdg-cache" / "autoenc", make_split(seed=1))
+    assert_same(mnist(download=False), from_cache)
+    from_env = write_split(tmp_path / "env", make_split(seed=2))
     monkeypatch.setenv("AUTOENC_DATA", str(tmp_path / "env"))
     assert_same(mnist(download=False), from_env)
+    from_arg = write_split(tmp_path / "arg", make_split(seed=3))
     assert_same(mnist(tmp_path / "arg", download=False), from_arg)
-
-
-def test_default_cache_folder_is_searched(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    written = write_split(tmp_path / "autoenc" / "MNIST" / "raw")
-    assert_same(mnist(download=False), written)
 
 
 # ---------------------------------------------------------------------------- missing files
 
 
-def test_download_false_explains_without_trying(tmp_path, monkeypatch):
+def test_missing_files_list_the_paths_the_reason_and_the_fix(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: calls.append(a))
     root = tmp_path / "empty"
     with pytest.raises(DatasetNotFoundError) as info:
-        mnist(root, download=False)
+        mnist(root, train=False, download=False)
     message = str(info.value)
-    assert calls == []
-    assert isinstance(info.value, FileNotFoundError)
-    assert "download=False" in message and "AUTOENC_DATA" in message and "root=" in message
-    for folder in (root / "MNIST" / "raw", root / "raw", root):
-        assert f"  {folder}\n" in message or message.endswith(str(folder))
-    assert info.value.searched == [root / "MNIST" / "raw", root / "raw", root]
+    raw = root / "MNIST" / "raw"
+    assert calls == [] and isinstance(info.value, FileNotFoundError)
+    assert info.value.searched == [raw / NAMES[False, "images"], raw / NAMES[False, "labels"]]
+    for path in info.value.searched:
+        assert f"{path}  (missing)" in message
+    assert "that folder does not exist" in message and "download=False" in message
+    assert "pass root=DIR or set AUTOENC_DATA=DIR" in message
     assert not root.exists()
 
 
-def test_offline_download_failure_lists_paths_reason_and_fix(tmp_path, monkeypatch):
+def test_one_missing_file_is_named_as_missing(tmp_path):
+    write_split(tmp_path)
+    (tmp_path / "MNIST" / "raw" / NAMES[True, "labels"]).unlink()
+    with pytest.raises(DatasetNotFoundError) as info:
+        mnist(tmp_path, download=False)
+    message = str(info.value)
+    assert f"{NAMES[True, 'images']}  (found)" in message
+    assert f"{NAMES[True, 'labels']}  (missing)" in message
+    assert "does not exist" not in message
+
+
+def test_offline_download_fails_with_the_reason_under_a_timeout(tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOENC_DATA", str(tmp_path / "env"))
     timeouts = []
 
-    def offline(request, *args, **kwargs):
+    def offline(*args, **kwargs):
         timeouts.append(socket.getdefaulttimeout())
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
@@ -236,149 +224,134 @@ def test_offline_download_failure_lists_paths_reason_and_fix(tmp_path, monkeypat
     with pytest.raises(DatasetNotFoundError) as info:
         mnist()
     message = str(info.value)
-    root = tmp_path / "env"
-    for folder in (root / "MNIST" / "raw", root / "raw", root):
-        assert str(folder) in message
-    assert "$AUTOENC_DATA" in message  # where the root came from
-    assert "AUTOENC_DATA=/path/that/holds/MNIST" in message  # how to fix it
-    assert "failed" in message and "Name or service not known" in message
-    assert info.value.__cause__ is not None
-    # every attempt ran under a finite socket timeout, and the global default was restored
-    assert timeouts and all(t == data.DOWNLOAD_TIMEOUT_S for t in timeouts)
+    assert "from $AUTOENC_DATA" in message
+    assert "download into" in message and "Name or service not known" in message
+    assert isinstance(info.value.__cause__, Exception)
+    # the download ran under a finite socket timeout, and the process default was restored
+    assert timeouts and all(t is not None and t > 0 for t in timeouts)
     assert socket.getdefaulttimeout() is None
 
 
-def test_failed_download_leaves_no_partial_files(tmp_path, monkeypatch):
-    class Dropping(io.BytesIO):
-        url = None
-        length = 1000
+def test_failed_download_leaves_nothing_behind(tmp_path, monkeypatch):
+    class Garbage(io.BytesIO):  # an answer whose md5 is wrong, written to disk before the check
+        url, length = None, 100
 
-        def read(self, size=-1):
-            if self.tell():
-                raise urllib.error.URLError("connection reset")
-            return super().read(10)
-
-    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: Dropping(b"x" * 100))
-    raw = tmp_path / "MNIST" / "raw"
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: Garbage(b"x" * 100))
+    raw = tmp_path / "mine" / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    (raw / "notes.txt").write_text("mine")
-    with pytest.raises(DatasetNotFoundError, match="connection reset"):
-        mnist(tmp_path)
-    assert sorted(p.name for p in raw.iterdir()) == ["notes.txt"]
-
-
-def test_failed_download_removes_the_folders_it_created(tmp_path, monkeypatch):
-    def offline(request, *args, **kwargs):
-        raise urllib.error.URLError("[Errno -2] Name or service not known")
-
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
-    keep = tmp_path / "mine"
-    keep.mkdir()
+    (raw / "notes.txt").write_text("kept")
+    before = tree(tmp_path)
+    with pytest.raises(DatasetNotFoundError, match="download into"):
+        mnist(tmp_path / "mine")
+    assert tree(tmp_path) == before
     with pytest.raises(DatasetNotFoundError):
-        mnist(keep / "typo" / "data")
-    assert list(keep.iterdir()) == []  # no empty typo/data/MNIST/raw left behind
+        mnist(tmp_path / "mine" / "typo" / "data")  # a whole new folder chain
+    assert tree(tmp_path) == before
 
 
-def test_download_fetches_through_torchvision(tmp_path, monkeypatch):
-    from torchvision.datasets import MNIST
-
-    train, test = make_split(10, seed=1), make_split(5, seed=2)
-    served = {}
-    for prefix, split in (("train", train), ("t10k", test)):
-        images, labels = split_files(split)
-        served[f"{prefix}-images-idx3-ubyte.gz"] = gzip.compress(images)
-        served[f"{prefix}-labels-idx1-ubyte.gz"] = gzip.compress(labels)
-    resources_md5 = [(name, hashlib.md5(content).hexdigest()) for name, content in served.items()]
-    monkeypatch.setattr(MNIST, "resources", resources_md5)
-
-    class Response(io.BytesIO):
-        def __init__(self, url):
-            super().__init__(served[url.rsplit("/", 1)[1]])
-            self.url, self.length = url, len(self.getvalue())
-
-    monkeypatch.setattr(urllib.request, "urlopen", lambda req, *a, **k: Response(req.full_url))
-    assert_same(mnist(tmp_path / "MNIST"), train)  # pointing at MNIST/ downloads into MNIST/raw
-    assert (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()
-    assert_same(mnist(tmp_path, train=False, download=False), test)
-
-
-# ---------------------------------------------------------------------------- corrupt files
-
-
-def corrupt(tmp_path: Path, kind: str, edit) -> Path:
-    write_split(tmp_path)
-    path = tmp_path / f"train-{kind}-idx{3 if kind == 'images' else 1}-ubyte"
-    path.write_bytes(edit(path.read_bytes()))
-    return path
+# ---------------------------------------------------------------------------- damaged files
 
 
 @pytest.mark.parametrize(
     ("kind", "edit", "match"),
     [
-        ("images", lambda b: b[:-5], "size does not match its header.*truncated"),
-        ("images", lambda b: b + b"\0", "extra bytes"),
-        ("images", lambda b: b[:3], "too short"),
-        ("images", lambda b: b[:10], "shorter than its 16-byte header"),
-        ("images", lambda b: b"\x00\x00\x08\x01" + b[4:], "bad magic number 2049"),
-        ("labels", lambda b: b"\x12\x34" + b[2:], "bad magic number"),
-        ("images", lambda b: gzip.compress(b), "gzip-compressed"),
-        (
-            "images",
-            lambda b: b[:12] + (27).to_bytes(4, "big") + b[16:],
-            r"wrong dimensions \(10, 28, 27\)",
-        ),
+        ("images", lambda b: b[:-5], "corrupt or truncated"),
+        ("images", lambda b: b + b"\0", "corrupt or truncated"),
+        ("images", lambda b: b[:3], "corrupt or truncated"),
+        ("images", lambda b: b[:10], "corrupt or truncated"),
+        ("images", lambda b: b"\x00\x00\x08\x01" + b[4:], "corrupt or truncated"),
+        ("labels", lambda b: b"\x12\x34" + b[2:], "corrupt or truncated"),
+        ("images", lambda b: gzip.compress(b), "gzip data: decompress it"),
+        ("images", lambda b: idx_bytes(torch.zeros(10, 28, 27, dtype=torch.uint8)), r"\(28, 27\)"),
         ("labels", lambda b: b[:-1] + bytes([12]), "digits 0-9, found 12"),
+        ("labels", lambda b: b[:7] + bytes([9]) + b[8:-1], "has 9 labels"),
     ],
 )
-def test_corrupt_files_raise_value_error_naming_the_file(tmp_path, kind, edit, match):
-    path = corrupt(tmp_path, kind, edit)
+def test_damaged_files_raise_value_error_naming_the_file(tmp_path, kind, edit, match):
+    write_split(tmp_path)
+    path = tmp_path / "MNIST" / "raw" / NAMES[True, kind]
+    path.write_bytes(edit(path.read_bytes()))
     with pytest.raises(ValueError, match=match) as info:
         mnist(tmp_path, download=False)
     assert str(path) in str(info.value)
 
 
-def test_label_and_image_counts_must_match(tmp_path):
-    split = make_split(10)
-    write_split(tmp_path, split)
-    (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(split.labels[:9].to(torch.uint8)))
-    with pytest.raises(
-        ValueError, match="has 9 labels but .*train-images-idx3-ubyte has 10 images"
-    ):
-        mnist(tmp_path, download=False)
+# ---------------------------------------------------------------------------- the fallback
 
 
-def test_truncated_gz_is_a_value_error(tmp_path):
-    write_split(tmp_path, gz=True)
-    path = tmp_path / "train-images-idx3-ubyte.gz"
-    path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(ValueError, match="corrupt or truncated gzip") as info:
-        mnist(tmp_path, download=False)
-    assert str(path) in str(info.value)
+def test_fallback_warns_once_with_each_splits_reason_and_the_hint():
+    with pytest.warns(UserWarning) as record:
+        (train, test), is_sample = mnist_or_sample(download=False, hint="--data-root DIR")
+    assert is_sample and len(record) == 1
+    assert train is mnist_sample() and test is mnist_sample(train=False)
+    text = str(record[0].message)
+    assert "5000 training and 1000 test images instead of 60000 and 10000" in text
+    assert "MNIST train and t10k files not found" in text
+    assert text.count("  (missing)") == 4 and "download=False" in text
+    assert "pass --data-root DIR or set AUTOENC_DATA=DIR" in text
+    assert record[0].filename == __file__  # points at the caller
 
 
-def test_corrupt_files_do_not_fall_back_to_the_sample(tmp_path):
-    corrupt(tmp_path, "images", lambda b: b[:-1])
+def test_fallback_reason_is_the_real_one_for_each_split(tmp_path, monkeypatch):
+    write_split(tmp_path / "xdg-cache" / "autoenc")  # train only, in the default cache
+    attempts = []
+
+    def offline(*args, **kwargs):
+        attempts.append(args)
+        raise urllib.error.URLError("mirror unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.warns(UserWarning) as record:
+        _, is_sample = mnist_or_sample()
+    assert is_sample and len(record) == 1
+    text = str(record[0].message)
+    assert "MNIST t10k files not found" in text and "train-images-idx3-ubyte  (" not in text
+    assert "mirror unreachable" in text and "download=False" not in text
+    assert attempts  # one download, for both splits
+
+
+@pytest.mark.parametrize("named_by", ["argument", "env"])
+def test_a_named_folder_without_mnist_fails_instead_of_falling_back(
+    tmp_path, monkeypatch, named_by
+):
+    typo = tmp_path / "dta"
+    root = typo if named_by == "argument" else None
+    if named_by == "env":
+        monkeypatch.setenv("AUTOENC_DATA", str(typo))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DatasetNotFoundError) as info:
+            mnist_or_sample(root, hint="--data-root DIR")
+    message = str(info.value)
+    assert "that folder does not exist" in message and "pass --data-root DIR" in message
+    assert ("$AUTOENC_DATA" in message) == (named_by == "env")
+    assert "MNIST train and t10k files not found" in message
+    assert not typo.exists()
+
+
+def test_no_fallback_when_the_data_is_there(tmp_path):
+    train = write_split(tmp_path, make_split(10, seed=1))
+    test = write_split(tmp_path, make_split(4, seed=2), train=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (loaded_train, loaded_test), is_sample = mnist_or_sample(tmp_path, download=False)
+    assert not is_sample
+    assert_same(loaded_train, train)
+    assert_same(loaded_test, test)
+
+
+def test_damaged_files_do_not_fall_back(tmp_path):
+    write_split(tmp_path / "xdg-cache" / "autoenc")
+    write_split(tmp_path / "xdg-cache" / "autoenc", train=False)
+    path = tmp_path / "xdg-cache" / "autoenc" / "MNIST" / "raw" / NAMES[False, "images"]
+    path.write_bytes(path.read_bytes()[:-1])
     with pytest.raises(ValueError, match="truncated"):
-        mnist_or_sample(tmp_path, download=False)
+        mnist_or_sample(download=False)
 
 
-# ---------------------------------------------------------------------------- caching
-
-
-def test_loaded_once_then_shared_until_the_files_change(tmp_path, monkeypatch):
-    write_split(tmp_path)
-    reads = []
-    read_bytes = data._read_bytes
-    monkeypatch.setattr(data, "_read_bytes", lambda path: reads.append(path) or read_bytes(path))
-    first = mnist(tmp_path, download=False)
-    assert len(reads) == 2  # images and labels
-    (tmp_path / "sub").mkdir()
-    assert mnist(tmp_path / "sub" / "..", download=False) is first  # same files, other spelling
-    assert len(reads) == 2
-    path = tmp_path / "train-images-idx3-ubyte"
-    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
-    assert mnist(tmp_path, download=False) is not first
-    assert len(reads) == 4
+def test_mnist_never_substitutes_the_sample():
+    with pytest.raises(DatasetNotFoundError):
+        mnist(download=False)
 
 
 # ---------------------------------------------------------------------------- binarization
@@ -467,33 +440,19 @@ def test_sample_is_small_and_has_its_licence():
     licence = assets.joinpath("MNIST_SAMPLE_LICENSE.txt").read_text()
     for needed in ("CC BY-SA 3.0", "Yann LeCun", "Corinna Cortes", "Christopher J.C. Burges"):
         assert needed in licence
-    assert "CC BY-SA 3.0" in data.mnist_sample.__doc__
+    assert "CC BY-SA 3.0" in mnist_sample.__doc__
 
 
-def test_fallback_warns_loudly_and_returns_the_sample(tmp_path, capsys):
-    with pytest.warns(UserWarning, match="only|sample") as record:
-        (x, y), is_sample = mnist_or_sample(tmp_path / "none", train=False, download=False)
-    assert is_sample and x is mnist_sample(train=False).images
-    text = str(record[0].message)
-    assert "1000 test images instead of 10000" in text and "AUTOENC_DATA" in text
-    assert "not full MNIST" in capsys.readouterr().err
+# ---------------------------------------------------------------------------- slow
 
 
-def test_no_fallback_when_the_data_is_there(tmp_path):
-    written = write_split(tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        loaded, is_sample = mnist_or_sample(tmp_path, download=False)
-    assert not is_sample
-    assert_same(loaded, written)
-
-
-def test_mnist_never_substitutes_the_sample(tmp_path):
-    with pytest.raises(DatasetNotFoundError):
-        mnist(tmp_path, download=False)
-
-
-# ---------------------------------------------------------------------------- real MNIST (slow)
+@pytest.mark.slow
+def test_importing_autoenc_does_not_import_torchvision():
+    code = "import sys, autoenc, autoenc.data; print('torchvision' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
 
 
 @pytest.mark.slow
@@ -516,6 +475,23 @@ def test_sample_pixels_are_the_real_mnist_images(train):
 
 
 @pytest.mark.slow
+def test_download_of_the_published_files_lands_where_mnist_reads(tmp_path, monkeypatch):
+    raw = real_root() / "MNIST" / "raw"
+    served = {f"{name}.gz": (raw / f"{name}.gz").read_bytes() for name in NAMES.values()}
+
+    class Response(io.BytesIO):
+        def __init__(self, url: str) -> None:
+            super().__init__(served[url.rsplit("/", 1)[1]])
+            self.url, self.length = url, len(self.getvalue())
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda req, *a, **k: Response(req.full_url))
+    (train, test), is_sample = mnist_or_sample(tmp_path / "fresh")
+    assert not is_sample
+    assert_same(train, mnist(real_root(), download=False))
+    assert_same(test, mnist(real_root(), train=False, download=False))
+
+
+@pytest.mark.slow
 def test_sample_script_reproduces_the_committed_files(tmp_path):
     spec = importlib.util.spec_from_file_location(
         "make_sample", REPO / "scripts" / "make_mnist_sample.py"
@@ -523,8 +499,9 @@ def test_sample_script_reproduces_the_committed_files(tmp_path):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     assets = REPO / "src" / "autoenc" / "assets"
-    assert script.main(["--root", real_root(), "--out", str(assets), "--check"]) == 0
-    assert script.main(["--root", real_root(), "--out", str(tmp_path)]) == 0
+    root = str(real_root())
+    assert script.main(["--root", root, "--out", str(assets), "--check"]) == 0
+    assert script.main(["--root", root, "--out", str(tmp_path)]) == 0
     for path in assets.glob("mnist-sample*"):
         fresh = (tmp_path / path.name).read_bytes()
         if path.suffix == ".gz":

@@ -4,12 +4,11 @@ the batching that turns any data into float batches on the training device."""
 from __future__ import annotations
 
 from autoenc.data.batching import Batches, make_batches
+from autoenc.data.binarization import binarize, dynamic_binarize
 from autoenc.data.datasets import (
     DatasetNotFoundError,
     MNISTData,
-    binarize,
     clear_cache,
-    dynamic_binarize,
     mnist,
     mnist_or_sample,
     mnist_sample,
