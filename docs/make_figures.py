@@ -80,7 +80,7 @@ def main() -> None:
     test_bin = binarize(test.images)  # one fixed binarization: val/loss comparable across epochs
 
     with tempfile.TemporaryDirectory() as tmp:
-        snapshots = ImageSnapshots(x_show, tmp, every=args.epochs, n_samples=0)
+        snapshots = ImageSnapshots(tmp, x_show, every_n_epochs=args.epochs, n_samples=0)
         start = time.perf_counter()
         result = autoenc.fit(
             vae,

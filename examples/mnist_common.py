@@ -86,7 +86,7 @@ def limit(images: torch.Tensor, args: argparse.Namespace, batch_size: int) -> to
 
 def picture_callbacks(args: argparse.Namespace, x_show: torch.Tensor) -> list:
     """PNG grids every --every epochs, and the article's Visdom windows with --visdom."""
-    callbacks = [ImageSnapshots(x_show, args.out, every=args.every)]
+    callbacks = [ImageSnapshots(args.out, x_show, every_n_epochs=args.every)]
     if args.visdom:
         callbacks.append(
             VisdomDashboard(
@@ -94,7 +94,7 @@ def picture_callbacks(args: argparse.Namespace, x_show: torch.Tensor) -> list:
                 server=args.visdom_server,
                 port=args.visdom_port,
                 env=args.visdom_env,
-                every=args.every,
+                every_n_epochs=args.every,
             )
         )
     return callbacks

@@ -129,7 +129,7 @@ def equivalence(out: Path, rank: int) -> dict:
         lr=LR,
         val_data=val,
         seed=0,
-        callbacks=[losses, CSVLogger(own / "log.csv"), ModelCheckpoint(own / "ckpt")],
+        callbacks=[losses, CSVLogger(own, filename="log.csv"), ModelCheckpoint(own / "ckpt")],
     )
     return {
         "weights": weights(model),

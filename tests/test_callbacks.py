@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import inspect
 import io
 import sys
 
@@ -11,13 +12,15 @@ import pytest
 import torch
 from _fit_models import Recorder, same_weights, tiny_ae, tiny_data, tiny_vae, weights
 
-from autoenc.training import fit
+from autoenc.pictures import ImageSnapshots, TensorBoardDashboard, VisdomDashboard
+from autoenc.training import ModelCheckpoint, fit
 from autoenc.training.callbacks import (
     Callback,
     CSVLogger,
     EarlyStopping,
     ProgressBar,
     RunningMean,
+    State,
     TermsView,
 )
 
@@ -113,17 +116,44 @@ def test_progress_bar_falls_back_to_lines_without_tqdm(monkeypatch):
 
 
 def test_csv_logger_writes_the_history(tmp_path):
-    path = tmp_path / "logs" / "history.csv"
-    result = quiet(
-        tiny_vae(), tiny_data(), epochs=3, val_data=tiny_data(8), callbacks=[CSVLogger(path)]
-    )
-    with path.open() as f:
+    folder = tmp_path / "logs"
+    logger = CSVLogger(folder)
+    result = quiet(tiny_vae(), tiny_data(), epochs=3, val_data=tiny_data(8), callbacks=[logger])
+    with logger.path.open() as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert set(rows[0]) == {"epoch", *result.history}
     for key, values in result.history.items():
         assert [float(r[key]) for r in rows] == values  # repr round-trips exactly
-    assert list(tmp_path.joinpath("logs").iterdir()) == [path]
+    assert list(folder.iterdir()) == [folder / "history.csv"]
+    assert CSVLogger(folder, filename="run1.csv").path == folder / "run1.csv"
+    with pytest.raises(ValueError, match="filename"):
+        CSVLogger(folder, filename="sub/run1.csv")
+
+
+def test_csv_logger_takes_the_old_file_path_with_a_warning(tmp_path):
+    state = State(model=None, optimizer=None, history={"train/loss": [0.5, 0.25]})
+    with pytest.warns(FutureWarning, match="takes a folder now") as caught:
+        old = CSVLogger(tmp_path / "log.csv")
+    assert caught[0].filename == __file__  # points at the caller
+    assert (old.directory, old.filename) == (tmp_path, "log.csv")
+    old.on_epoch_end(state)
+    CSVLogger(tmp_path / "new", filename="log.csv").on_epoch_end(state)
+    assert (tmp_path / "log.csv").read_text() == (tmp_path / "new" / "log.csv").read_text()
+    with pytest.warns(FutureWarning) as caught:
+        CSVLogger(path=tmp_path / "kw.csv")
+    assert any("use directory=" in str(w.message) for w in caught)
+
+
+def test_file_writing_callbacks_share_one_vocabulary(tmp_path):
+    """The folder is the first parameter, named directory; the frequency is every_n_epochs."""
+    for callback in (CSVLogger, ModelCheckpoint, ImageSnapshots, TensorBoardDashboard):
+        assert next(iter(inspect.signature(callback).parameters)) == "directory", callback
+    for callback in (ModelCheckpoint, ImageSnapshots, TensorBoardDashboard, VisdomDashboard):
+        assert "every_n_epochs" in inspect.signature(callback).parameters, callback
+    with pytest.warns(FutureWarning, match=r"ModelCheckpoint\(dirpath=...\).*use directory="):
+        checkpoint = ModelCheckpoint(dirpath=tmp_path)
+    assert checkpoint.last_path == tmp_path / "last.pt"
 
 
 # ---------------------------------------------------------------------------------------------

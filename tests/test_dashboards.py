@@ -39,7 +39,7 @@ needs_visdom = pytest.mark.skipif(
 )
 needs_tensorboard = pytest.mark.skipif(
     importlib.util.find_spec("tensorboard") is None,
-    reason='needs the tensorboard extra: pip install "autoenc[tensorboard]"',
+    reason='needs the tensorboard extra: pip install ".[tensorboard]"',
 )
 
 METRICS = [
@@ -89,7 +89,7 @@ def read_png(data: bytes | Path) -> torch.Tensor:
 
 def test_image_snapshots_write_the_expected_grids_by_epoch(tmp_path):
     model, x = vae(), torch.rand(10, 36)
-    callback = ImageSnapshots(x, tmp_path / "pics", every=2, n_samples=12, seed=5, nrow=4)
+    callback = ImageSnapshots(tmp_path / "pics", x, every_n_epochs=2, n_samples=12, seed=5, nrow=4)
     run(callback, model, epochs=3)
     names = sorted(p.name for p in (tmp_path / "pics").iterdir())
     assert names == [  # every 2nd epoch and the last
@@ -108,24 +108,24 @@ def test_image_snapshots_write_the_expected_grids_by_epoch(tmp_path):
 
 
 def test_image_snapshots_draw_the_last_epoch_when_training_stops_early(tmp_path):
-    callback = ImageSnapshots(torch.rand(4, 36), tmp_path / "a", every=2, n_samples=0)
+    callback = ImageSnapshots(tmp_path / "a", torch.rand(4, 36), every_n_epochs=2, n_samples=0)
     run(callback, vae(), epochs=10, stop=3)  # epochs 1..3 of 10: every 2nd, then the last
     assert [p.name for p in callback.written] == ["recon_epoch002.png", "recon_epoch003.png"]
-    callback = ImageSnapshots(torch.rand(4, 36), tmp_path / "b", every=2, n_samples=0)
+    callback = ImageSnapshots(tmp_path / "b", torch.rand(4, 36), every_n_epochs=2, n_samples=0)
     run(callback, vae(), epochs=10, stop=3, exception=RuntimeError("boom"))
     assert [p.name for p in callback.written] == ["recon_epoch002.png"]  # none after an error
 
 
 def test_image_snapshots_of_an_autoencoder_have_no_samples(tmp_path):
     model, x = ae(), torch.rand(4, 1, 4, 6)
-    run(ImageSnapshots(x, tmp_path), model, epochs=1)
+    run(ImageSnapshots(tmp_path, x), model, epochs=1)
     assert [p.name for p in tmp_path.iterdir()] == ["recon_epoch001.png"]
     with pytest.raises(ValueError, match="nothing to draw"):
-        run(ImageSnapshots(None, tmp_path), model, epochs=1)
+        run(ImageSnapshots(tmp_path, None), model, epochs=1)
 
 
 def test_image_snapshots_only_on_the_main_process(tmp_path):
-    run(ImageSnapshots(torch.rand(4, 36), tmp_path / "p"), vae(), epochs=2, is_main_process=False)
+    run(ImageSnapshots(tmp_path / "p", torch.rand(4, 36)), vae(), epochs=2, is_main_process=False)
     assert not (tmp_path / "p").exists()
 
 
@@ -143,7 +143,7 @@ class NoisyInvert(nn.Module):
 def test_pictures_leave_the_training_rng_and_mode_alone(tmp_path):
     model, callback = (
         NoisyInvert().train(),
-        ImageSnapshots(torch.rand(4, 24), tmp_path, image_shape=(4, 6)),
+        ImageSnapshots(tmp_path, torch.rand(4, 24), image_shape=(4, 6)),
     )
     before = torch.random.get_rng_state()
     run(callback, model, epochs=2)
@@ -154,8 +154,8 @@ def test_pictures_leave_the_training_rng_and_mode_alone(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"x": torch.rand(4, 36), "every": 0}, ValueError, "every"),
-        ({"x": torch.randint(0, 2, (4, 36))}, ValueError, "floating-point"),
+        ({"x": torch.rand(4, 36), "every_n_epochs": 0}, ValueError, "every_n_epochs"),
+        ({"x": torch.randint(0, 2, (4, 36))}, TypeError, "uint8"),
         ({"x": [1.0]}, TypeError, "x must"),
         ({"x": torch.rand(4, 36), "n_samples": -1}, ValueError, "n_samples"),
         ({"x": torch.rand(4, 36), "nrow": 0}, ValueError, "nrow"),
@@ -166,6 +166,62 @@ def test_image_snapshots_check_their_arguments(kwargs, error, match):
         ImageSnapshots(**kwargs)
 
 
+# -- inputs as fit takes them; the names of the previous release --------------------------------
+
+
+def test_image_snapshots_take_uint8_float64_and_numpy_inputs_as_fit_does(tmp_path):
+    model, pixels = vae(), torch.randint(0, 256, (6, 36), dtype=torch.uint8)
+    x = pixels.float() / 255  # what fit makes of uint8 pixels
+    expected = to_uint8(reconstruction_grid(model, x))
+    for name, given in [("uint8", pixels), ("float64", x.double()), ("numpy", pixels.numpy())]:
+        callback = ImageSnapshots(tmp_path / name, given, n_samples=0)
+        run(callback, model, epochs=1)
+        assert torch.equal(read_png(callback.written[0]), expected), name
+
+
+def test_image_snapshots_old_order_and_every_warn_and_draw_the_same(tmp_path):
+    model, x = vae(), torch.rand(4, 36)
+    new = ImageSnapshots(tmp_path / "new", x, every_n_epochs=2, n_samples=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = ImageSnapshots(x, tmp_path / "old", every=2, n_samples=4)
+    messages = " | ".join(str(w.message) for w in caught)
+    assert len(caught) == 2, messages
+    assert "ImageSnapshots(directory, x)" in messages and "use every_n_epochs=" in messages
+    assert all(w.category is FutureWarning and w.filename == __file__ for w in caught)
+    run(new, model, epochs=3)
+    run(old, model, epochs=3)
+    assert old.directory == tmp_path / "old"
+    assert [p.name for p in old.written] == [p.name for p in new.written]
+    for a, b in zip(old.written, new.written, strict=True):
+        assert torch.equal(read_png(a), read_png(b))
+    with pytest.warns(FutureWarning, match="folder first"):
+        alone = ImageSnapshots(x)  # the old default folder stays
+    assert alone.directory == Path("pictures") and torch.equal(alone.frames.x, x)
+    with pytest.raises(TypeError, match="pass only every_n_epochs="):
+        ImageSnapshots(tmp_path, x, every=2, every_n_epochs=2)
+
+
+@needs_tensorboard
+def test_tensorboard_log_dir_and_every_warn_and_write_the_same(tmp_path):
+    with pytest.warns(FutureWarning) as caught:
+        callback = TensorBoardDashboard(log_dir=tmp_path / "tb", x=torch.rand(4, 36), every=2)
+    assert sorted(str(w.message).rsplit(" ", 1)[1] for w in caught) == [
+        "directory=",
+        "every_n_epochs=",
+    ]
+    assert callback.directory == tmp_path / "tb" and callback.frames.every_n_epochs == 2
+    run(callback, vae(), epochs=1)
+    assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 1
+
+
+@needs_visdom
+def test_visdom_every_warns_and_sets_every_n_epochs():
+    with pytest.warns(FutureWarning, match=r"VisdomDashboard\(every=...\).*use every_n_epochs="):
+        callback = VisdomDashboard(every=3)
+    assert callback.frames.every_n_epochs == 3
+
+
 # -- TensorBoard --------------------------------------------------------------------------------
 
 
@@ -174,7 +230,7 @@ def test_tensorboard_writes_scalars_and_images(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     model, x = vae(), torch.rand(6, 36)
-    callback = TensorBoardDashboard(tmp_path, x, every=2, n_samples=8, nrow=3)
+    callback = TensorBoardDashboard(tmp_path, x, every_n_epochs=2, n_samples=8, nrow=3)
     run(callback, model, epochs=3)
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0, "scalars": 0}).Reload()
     for key in METRICS[0]:
@@ -204,7 +260,7 @@ def test_tensorboard_only_on_the_main_process(tmp_path):
 
 def test_missing_tensorboard_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
-    with pytest.raises(ImportError, match=r"autoenc\[tensorboard\]"):
+    with pytest.raises(ImportError, match=r"pip install \"\.\[tensorboard\]\""):
         TensorBoardDashboard()
 
 
@@ -297,7 +353,7 @@ def test_visdom_posts_the_pictures_and_curves_to_a_real_server(visdom_server):
     port, env = visdom_server.port, f"test_{uuid.uuid4().hex[:8]}"
     model, x = vae(), torch.rand(10, 36)
     callback = VisdomDashboard(
-        x, server="http://127.0.0.1", port=port, env=env, every=2, n_samples=9, nrow=5
+        x, server="http://127.0.0.1", port=port, env=env, every_n_epochs=2, n_samples=9, nrow=5
     )
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a working server gives no warning at all
@@ -460,14 +516,14 @@ def test_visdom_checks_its_arguments(kwargs, match):
 
 def test_missing_visdom_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "visdom", None)
-    with pytest.raises(ImportError, match=r"autoenc\[visdom\]"):
+    with pytest.raises(ImportError, match=r"pip install \"\.\[visdom\]\""):
         VisdomDashboard()
 
 
 def test_importing_the_picture_modules_stays_light():
     code = (
         "import sys, autoenc; before = set(sys.modules); "
-        "import autoenc.pictures, autoenc.pictures.dashboards; "
+        "import autoenc.pictures, autoenc.pictures.dashboards, autoenc.pictures.visdom; "
         "heavy = ('matplotlib', 'torchvision', 'visdom', 'tensorboard', 'PIL'); "
         "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in heavy))"
     )
@@ -484,10 +540,10 @@ def test_the_three_callbacks_in_fit(tmp_path, visdom_server):
 
     model, data = vae(), torch.rand(64, 36).round()
     x, port, env = data[:6], visdom_server.port, "fit"
-    snapshots = ImageSnapshots(x, tmp_path / "pics", every=2, n_samples=8)
+    snapshots = ImageSnapshots(tmp_path / "pics", x, every_n_epochs=2, n_samples=8)
     callbacks = [
         snapshots,
-        TensorBoardDashboard(tmp_path / "tb", x, every=2, n_samples=8),
+        TensorBoardDashboard(tmp_path / "tb", x, every_n_epochs=2, n_samples=8),
         VisdomDashboard(x, server="http://127.0.0.1", port=port, env=env, n_samples=8),
     ]
     with warnings.catch_warnings():

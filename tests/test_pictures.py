@@ -278,11 +278,42 @@ def test_traverse_errors():
         traverse(Invert(), torch.rand(36))
 
 
+# -- inputs as fit takes them ---------------------------------------------------------------------
+
+
+def test_pictures_take_uint8_float64_and_numpy_inputs_as_fit_does():
+    model = vae(latent=3)
+    pixels = torch.randint(0, 256, (4, 36), dtype=torch.uint8)
+    x = pixels.float() / 255  # what fit makes of uint8 pixels
+    for given in (pixels, x.double(), pixels.numpy(), x.double().numpy()):
+        assert torch.equal(reconstructions(model, given), reconstructions(model, x))
+        assert torch.equal(reconstruction_grid(model, given), reconstruction_grid(model, x))
+        assert torch.equal(image_grid(given), image_grid(x))
+        assert torch.equal(
+            interpolate(model, given[:2], given[2:], steps=3), interpolate(model, x[:2], x[2:], 3)
+        )
+        assert torch.equal(traverse(model, given[0], steps=3), traverse(model, x[0], steps=3))
+    with pytest.raises(TypeError, match="x must hold floating-point, uint8"):
+        reconstruction_grid(model, torch.randint(0, 2, (4, 36)))
+
+
+def test_a_float64_model_gets_its_inputs_and_prior_draws_in_float64():
+    model = vae(latent=2).double()
+    x = torch.rand(3, 36)  # float32
+    with torch.no_grad():
+        expected = model.eval().reconstruct(x.double())
+        z = torch.randn(4, 2, generator=torch.Generator().manual_seed(0)).double()
+        samples = model.decode(z)
+    torch.testing.assert_close(reconstructions(model, x), expected.float())
+    torch.testing.assert_close(prior_samples(model, 4, seed=0), samples.float())
+    assert interpolate(model, x[:1], x[1:2], steps=3).shape == (3, PAD + 6 + PAD, PAD + 3 * 8)
+
+
 # -- plots --------------------------------------------------------------------------------------
 
 needs_matplotlib = pytest.mark.skipif(
     importlib.util.find_spec("matplotlib") is None,
-    reason='needs the plot extra: pip install "autoenc[plot]"',
+    reason='needs the plot extra: pip install ".[plot]"',
 )
 
 
@@ -324,6 +355,15 @@ def test_latent_scatter_projects_wider_codes_with_pca_or_first_dims():
 
 
 @needs_matplotlib
+def test_latent_scatter_takes_uint8_pixels():
+    model, pixels = vae(latent=2), torch.randint(0, 256, (20, 36), dtype=torch.uint8)
+    expected = scatter_points(latent_scatter(model, pixels.float() / 255))
+    torch.testing.assert_close(
+        scatter_points(latent_scatter(model, pixels, batch_size=8)), expected
+    )
+
+
+@needs_matplotlib
 def test_plot_history_draws_one_panel_per_quantity(tmp_path):
     history = {"train/loss": [3.0, 2.0, 1.5], "val/loss": [3.2, 2.5, 2.0], "train/kl": [1, 2, 3]}
     fig = plot_history(history)
@@ -344,5 +384,5 @@ def test_plot_history_draws_one_panel_per_quantity(tmp_path):
 def test_plots_without_matplotlib_name_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with pytest.raises(ImportError, match=r"autoenc\[plot\]"):
+    with pytest.raises(ImportError, match=r"pip install \"\.\[plot\]\""):
         plot_history({"train/loss": [1.0]})

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import math
 import numbers
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,33 @@ def check_choice(value: Any, choices: tuple[str, ...], name: str) -> None:
     """Raise unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def renamed_arguments(**renames: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Let a function (or ``__init__``) take its old keyword names for one more release: each
+    ``old=value`` is passed on as ``new=value`` with a ``FutureWarning`` naming the new name."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        owner = fn.__qualname__.removesuffix(".__init__")
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for old, new in renames.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(f"{owner}() got {old}= and {new}=; pass only {new}=")
+                    warnings.warn(
+                        f"{owner}({old}=...) is deprecated and will be removed in the next "
+                        f"release; use {new}=",
+                        FutureWarning,
+                        stacklevel=2,
+                    )
+                    kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 # -- devices and precision -----------------------------------------------------------------------

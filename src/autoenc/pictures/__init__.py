@@ -6,20 +6,18 @@ torchvision, Pillow, matplotlib, visdom and tensorboard are imported on first us
 
 from __future__ import annotations
 
-from autoenc.pictures.dashboards import ImageSnapshots, TensorBoardDashboard, VisdomDashboard
+from autoenc.pictures.dashboards import ImageSnapshots, TensorBoardDashboard
 from autoenc.pictures.grids import (
-    as_images,
-    image_grid,
     interpolate,
     prior_grid,
     prior_samples,
     reconstruction_grid,
     reconstructions,
-    save_image,
-    to_uint8,
     traverse,
 )
+from autoenc.pictures.images import as_images, image_grid, save_image, to_uint8
 from autoenc.pictures.plots import latent_scatter, plot_history
+from autoenc.pictures.visdom import VisdomDashboard
 
 __all__ = [
     "as_images",

@@ -1,37 +1,27 @@
-"""Pictures of what a model learned: image grids, interpolations, traversals and plots.
+"""Pictures of what a model learned: reconstructions, prior samples, interpolations, traversals.
 
-Grid functions return ``(C, H, W)`` float tensors in ``[0, 1]`` laid out by
-``torchvision.utils.make_grid``; :func:`save_image` writes one as a PNG. Plot functions return a
-``matplotlib.figure.Figure`` (the ``plot`` extra); save it with ``fig.savefig(path)``.
-
-The helpers only assume what every autoenc model has, so they work with user models too:
-``encode(x)`` (whose ``.mu`` is used when it has one, i.e. a VAE's posterior mean; otherwise the
-code itself), ``decode(z)``, ``reconstruct(x)`` (or a ``forward`` returning ``x_hat``), and for
-prior samples ``sample(n, generator=...)``. Flat data such as ``(b, 784)`` is reshaped to images by
-``image_shape=(1, 28, 28)``, by the decoder's ``out_shape`` when it has three dims, or for square
-one-channel images by itself.
-
-torchvision, Pillow and matplotlib are imported on first use, never with this module.
+Grid functions return ``(3, H, W)`` float tensors in ``[0, 1]`` laid out by
+``torchvision.utils.make_grid``; :func:`~autoenc.pictures.save_image` writes one as a PNG. They
+only assume what every autoenc model has, so they work with user models too: ``encode(x)``
+(through ``embed``: a VAE's posterior mean, otherwise the code itself), ``decode(z)``,
+``reconstruct(x)`` (or a ``forward`` returning ``x_hat``), and for prior samples
+``sample(n, generator=...)``. Inputs are taken as :func:`autoenc.fit` takes data (see
+``autoenc.pictures.images``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from autoenc._utils import eval_mode, model_device
+from autoenc._utils import eval_mode, model_device, model_dtype
+from autoenc.pictures.images import as_images, check_batch, float_batch, image_grid
 
 __all__ = [
-    "as_images",
-    "image_grid",
-    "to_uint8",
-    "save_image",
     "reconstructions",
     "prior_samples",
     "reconstruction_grid",
@@ -41,20 +31,6 @@ __all__ = [
 ]
 
 
-# ---------------------------------------------------------------------------------------------
-# helpers
-
-
-def check_batch(x: Any, arg: str) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{arg} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{arg} must be a floating-point tensor, got dtype {x.dtype}")
-    if x.dim() < 2 or x.shape[0] == 0:
-        raise ValueError(f"{arg} must be a non-empty batch (b, ...), got shape {tuple(x.shape)}")
-    return x
-
-
 def _require(model: Any, method: str, why: str) -> None:
     if not callable(getattr(model, method, None)):
         raise TypeError(f"{why} needs a model with a {method}() method, got {type(model).__name__}")
@@ -62,6 +38,8 @@ def _require(model: Any, method: str, why: str) -> None:
 
 def _as_batch(x: Any, model: nn.Module, arg: str) -> Tensor:
     """Add a batch dim to one example (a 1-D tensor, or one shaped like the encoder's input)."""
+    if type(x).__module__ == "numpy" and hasattr(x, "dtype"):
+        x = torch.as_tensor(x)
     if isinstance(x, Tensor):
         in_shape = getattr(getattr(model, "encoder", None), "in_shape", None)
         if x.dim() == 1 or (in_shape is not None and tuple(x.shape) == tuple(in_shape)):
@@ -73,8 +51,9 @@ def _as_batch(x: Any, model: nn.Module, arg: str) -> Tensor:
 def latent_codes(model: nn.Module, x: Tensor) -> Tensor:
     """Deterministic codes of a batch (``model.embed``: a VAE's posterior mean), on the CPU."""
     _require(model, "embed", "this picture")
+    x = float_batch(x, "x", model)
     with eval_mode(model):
-        z = model.embed(x.to(model_device(model)))
+        z = model.embed(x)
     if not isinstance(z, Tensor) or z.dim() != 2:
         raise TypeError(
             "model.embed(x) must return a (b, latent_dim) tensor, "
@@ -87,158 +66,7 @@ def latent_codes(model: nn.Module, x: Tensor) -> Tensor:
 def _decode(model: nn.Module, z: Tensor) -> Tensor:
     _require(model, "decode", "this picture")
     with eval_mode(model):
-        return model.decode(z.to(model_device(model))).float().cpu()
-
-
-def _image_shape(image_shape: Sequence[int] | None, model: Any) -> tuple[int, ...] | None:
-    if image_shape is None:
-        out_shape = getattr(getattr(model, "decoder", None), "out_shape", None)
-        if out_shape is not None and len(out_shape) in (2, 3):
-            image_shape = out_shape
-        else:
-            return None
-    shape = tuple(image_shape)
-    if len(shape) not in (2, 3) or not all(isinstance(d, int) and d > 0 for d in shape):
-        raise ValueError(
-            f"image_shape must be (C, H, W) or (H, W) with positive ints, got {image_shape!r}"
-        )
-    return shape if len(shape) == 3 else (1, *shape)
-
-
-# ---------------------------------------------------------------------------------------------
-# images and grids
-
-
-def as_images(x: Tensor, image_shape: Sequence[int] | None = None, *, model: Any = None) -> Tensor:
-    """Reshape a batch to images ``(b, C, H, W)``.
-
-    The shape comes from ``image_shape``, else from ``model.decoder.out_shape`` when that has two
-    or three dims, else from ``x`` itself: ``(b, C, H, W)`` is kept, ``(b, H, W)`` gets one
-    channel, and flat ``(b, d)`` with a square ``d`` becomes ``(b, 1, √d, √d)``.
-
-    Args:
-        x: A batch, ``(b, ...)``.
-        image_shape: ``(C, H, W)`` or ``(H, W)`` of one image.
-        model: A model whose decoder may know the image shape.
-
-    Returns:
-        The batch as ``(b, C, H, W)`` (a view when possible).
-
-    Raises:
-        ValueError: If the shape cannot be told or does not match ``x``.
-
-    Example:
-        >>> as_images(torch.zeros(2, 784)).shape
-        torch.Size([2, 1, 28, 28])
-    """
-    x = check_batch(x, "x")
-    shape = _image_shape(image_shape, model)
-    b = x.shape[0]
-    if shape is not None:
-        if x[0].numel() != math.prod(shape):
-            raise ValueError(
-                f"cannot show x of shape {tuple(x.shape)} as images of shape {shape}: "
-                f"{x[0].numel()} values per example, expected {math.prod(shape)}"
-            )
-        return x.reshape(b, *shape)
-    if x.dim() == 4:
-        return x
-    if x.dim() == 3:
-        return x.unsqueeze(1)  # (b, h, w) -> (b, 1, h, w)
-    if x.dim() == 2 and math.isqrt(x.shape[1]) ** 2 == x.shape[1]:
-        side = math.isqrt(x.shape[1])
-        return x.reshape(b, 1, side, side)
-    raise ValueError(
-        f"cannot tell the image shape of a batch shaped {tuple(x.shape)}; pass "
-        "image_shape=(C, H, W)"
-    )
-
-
-def image_grid(
-    images: Tensor,
-    *,
-    nrow: int = 8,
-    image_shape: Sequence[int] | None = None,
-    model: Any = None,
-    padding: int = 2,
-    pad_value: float = 1.0,
-    value_range: tuple[float, float] | None = None,
-) -> Tensor:
-    """Lay a batch out as one picture with ``nrow`` images per row.
-
-    Args:
-        images: A batch of images or of flat data (see :func:`as_images`).
-        nrow: Images per row.
-        image_shape: Shape of one image, for flat data.
-        model: A model whose decoder may know the image shape.
-        padding: Pixels between images.
-        pad_value: Colour of the padding (``1.0``: white, as in the article's Visdom grids).
-        value_range: ``(low, high)`` of the data, mapped to ``[0, 1]``; by default the data is
-            taken to be in ``[0, 1]`` already. Values outside are clamped.
-
-    Returns:
-        A ``(C, H, W)`` float tensor in ``[0, 1]`` on the CPU; one-channel images come out
-        with three equal channels.
-
-    Example:
-        >>> image_grid(torch.rand(16, 784), nrow=8).shape
-        torch.Size([3, 62, 242])
-    """
-    from torchvision.utils import make_grid
-
-    if not (isinstance(nrow, int) and nrow > 0):
-        raise ValueError(f"nrow must be a positive int, got {nrow!r}")
-    images = as_images(images, image_shape, model=model).detach().float().cpu()
-    if value_range is not None:
-        low, high = value_range
-        if not high > low:
-            raise ValueError(f"value_range must be (low, high) with low < high, got {value_range}")
-        images = (images - low) / (high - low)
-    return make_grid(images.clamp(0, 1), nrow=nrow, padding=padding, pad_value=pad_value)
-
-
-def to_uint8(grid: Tensor) -> Tensor:
-    """Quantize a ``[0, 1]`` image to ``uint8`` as ``torchvision.utils.save_image`` does, for
-    the dashboards that take pixels (torchvision has no public function for this step).
-
-    Example:
-        >>> to_uint8(torch.tensor([0.0, 0.5, 1.0, 2.0])).tolist()
-        [0, 128, 255, 255]
-    """
-    return grid.detach().float().cpu().mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
-
-
-def save_image(grid: Tensor, path: str | Path) -> Path:
-    """Save a ``(C, H, W)`` or ``(H, W)`` image in ``[0, 1]`` as a PNG (parents are created).
-
-    Args:
-        grid: The image, e.g. from :func:`image_grid`; ``C`` is 1, 3 or 4.
-        path: Where to write it.
-
-    Returns:
-        The path written.
-
-    Example:
-        >>> import tempfile
-        >>> with tempfile.TemporaryDirectory() as d:
-        ...     save_image(image_grid(torch.rand(4, 784)), f"{d}/grid.png").name
-        'grid.png'
-    """
-    from torchvision.utils import save_image as write_png
-
-    if not isinstance(grid, Tensor) or grid.dim() not in (2, 3):
-        shape = tuple(grid.shape) if isinstance(grid, Tensor) else type(grid).__name__
-        raise ValueError(f"grid must be a (C, H, W) or (H, W) tensor, got {shape}")
-    if grid.dim() == 3 and grid.shape[0] not in (1, 3, 4):
-        raise ValueError(f"grid must have 1, 3 or 4 channels, got {grid.shape[0]}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_png(grid.detach().float().cpu(), path, format="PNG")
-    return path
-
-
-# ---------------------------------------------------------------------------------------------
-# what a model draws
+        return model.decode(z.to(model_device(model), model_dtype(model))).float().cpu()
 
 
 @torch.no_grad()
@@ -246,7 +74,7 @@ def reconstructions(model: nn.Module, x: Tensor) -> Tensor:
     """Reconstruct ``x`` in eval mode without gradients, on the CPU.
 
     Uses ``model.reconstruct(x)`` when there is one, else ``model(x)`` (its ``.x_hat`` if it has
-    one). ``x`` is moved to the model's device.
+    one). ``x`` (floats or ``uint8`` pixels) is moved to the model's device and dtype.
 
     Example:
         >>> from autoenc import Autoencoder, Encoder, Decoder
@@ -254,7 +82,7 @@ def reconstructions(model: nn.Module, x: Tensor) -> Tensor:
         >>> reconstructions(ae, torch.rand(3, 784)).shape
         torch.Size([3, 784])
     """
-    x = check_batch(x, "x").to(model_device(model))
+    x = float_batch(x, "x", model)
     with eval_mode(model):
         if callable(getattr(model, "reconstruct", None)):
             x_hat = model.reconstruct(x)
@@ -316,7 +144,7 @@ def reconstruction_grid(
 
     Args:
         model: Any model with ``reconstruct`` (or a forward returning ``x_hat``).
-        x: The inputs, ``(b, ...)``.
+        x: The inputs, ``(b, ...)``: floats in [0, 1] or ``uint8`` pixels.
         nrow: Images per row.
         image_shape: Shape of one image, for flat data.
         pad_value: Colour of the padding and of the blank cells filling a last, short row.
@@ -330,6 +158,7 @@ def reconstruction_grid(
         >>> reconstruction_grid(ae, torch.rand(10, 784), nrow=5).shape
         torch.Size([3, 122, 152])
     """
+    x = float_batch(x, "x")
     x_hat = reconstructions(model, x)
     pair = [as_images(t, image_shape, model=model).float().cpu() for t in (x, x_hat)]
     nrow = min(nrow, pair[0].shape[0])

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from autoenc.pictures.grids import check_batch, latent_codes
+from autoenc.pictures.grids import latent_codes
+from autoenc.pictures.images import check_batch
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -25,7 +26,9 @@ def _figure(*, nrows: int = 1, ncols: int = 1, width: float = 5.0, height: float
     try:
         from matplotlib.figure import Figure
     except ImportError as err:
-        raise ImportError('plots need matplotlib: pip install "autoenc[plot]"') from err
+        raise ImportError(
+            'plots need matplotlib: pip install ".[plot]" from a checkout of autoenc'
+        ) from err
     # A bare Figure (no pyplot) touches no global state and needs no display backend.
     fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
     return fig, fig.subplots(nrows, ncols, squeeze=False)
@@ -43,7 +46,8 @@ def latent_scatter(
 
     Args:
         model: A model with ``encode``.
-        x: Inputs, ``(b, ...)``; encoded in chunks of ``batch_size``.
+        x: Inputs, ``(b, ...)``: floats, ``uint8`` pixels or a NumPy array, as ``fit`` takes
+            them; encoded in chunks of ``batch_size``.
         labels: Optional class of each input, ``b`` ints.
         projection: How codes with more than two dims are shown: ``"pca"`` (the first two
             principal components of the codes) or ``"first"`` (their first two dims). A 2-D code

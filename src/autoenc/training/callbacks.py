@@ -16,6 +16,7 @@ import io
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,14 @@ from typing import IO, Any
 import torch
 from torch import Tensor, nn
 
-from autoenc._utils import atomic_write, check_choice, check_int, check_number, improved
+from autoenc._utils import (
+    atomic_write,
+    check_choice,
+    check_int,
+    check_number,
+    improved,
+    renamed_arguments,
+)
 from autoenc.evaluation.loss import RunningMean
 
 __all__ = [
@@ -265,26 +273,43 @@ class ProgressBar(Callback):
 class CSVLogger(Callback):
     """Write the history to a CSV file after every epoch: a column ``epoch`` and one per metric.
 
-    The whole file is rewritten atomically from ``state.history`` each time, so it always
-    matches the run, also after a resume.
+    The file is rewritten atomically from ``state.history`` each time, so it always matches the
+    run, also after a resume. Like every callback that writes files, it takes the folder first,
+    so one run folder can hold ``history.csv``, the checkpoints and the pictures side by side.
 
     Args:
-        path: The CSV file.
+        directory: Folder of the file (created when needed). A path ending in ``.csv`` is read
+            as the file itself, as the old ``CSVLogger(path)`` took it, with a ``FutureWarning``.
+        filename: Name of the file.
 
     Example:
-        >>> import tempfile, os
+        >>> import tempfile
         >>> from autoenc.training import State, CSVLogger
-        >>> path = os.path.join(tempfile.mkdtemp(), "log.csv")
         >>> state = State(model=None, optimizer=None, history={"train/loss": [0.5, 0.25]})
-        >>> CSVLogger(path).on_epoch_end(state)
-        >>> print(open(path).read().strip())
+        >>> logger = CSVLogger(tempfile.mkdtemp())
+        >>> logger.on_epoch_end(state)
+        >>> print(logger.path.read_text().strip())
         epoch,train/loss
         1,0.5
         2,0.25
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+    @renamed_arguments(path="directory")
+    def __init__(self, directory: str | os.PathLike[str], *, filename: str = "history.csv") -> None:
+        directory = Path(directory)
+        if directory.suffix == ".csv":
+            warnings.warn(
+                "CSVLogger takes a folder now, CSVLogger(directory, filename=...); the file path "
+                f"{str(directory)!r} is read as directory={str(directory.parent)!r}, "
+                f"filename={directory.name!r} until the next release",
+                FutureWarning,
+                stacklevel=3,
+            )
+            directory, filename = directory.parent, directory.name
+        if not (isinstance(filename, str) and filename and Path(filename).name == filename):
+            raise ValueError(f"filename must be a file name without a folder, got {filename!r}")
+        self.directory, self.filename = directory, filename
+        self.path = directory / filename
 
     def on_epoch_end(self, state: State) -> None:
         if not state.is_main_process:

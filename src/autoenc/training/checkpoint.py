@@ -30,6 +30,7 @@ from autoenc._utils import (
     check_writable_folder,
     config_json,
     improved,
+    renamed_arguments,
     weights_are_finite,
 )
 from autoenc.files import read_archive
@@ -236,7 +237,7 @@ class ModelCheckpoint(Callback):
     process must have the callback (it collects their RNG states for an exact resume).
 
     Args:
-        dirpath: Folder for the files (created when needed).
+        directory: Folder for the files (created when needed).
         monitor: The metric that decides "best"; ``None`` means ``val/loss`` when there is
             validation data, else ``train/loss``.
         mode: ``"min"`` or ``"max"``.
@@ -256,9 +257,10 @@ class ModelCheckpoint(Callback):
         2
     """
 
+    @renamed_arguments(dirpath="directory")
     def __init__(
         self,
-        dirpath: str | os.PathLike[str],
+        directory: str | os.PathLike[str],
         *,
         monitor: str | None = None,
         mode: str = "min",
@@ -270,7 +272,7 @@ class ModelCheckpoint(Callback):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         if not (isinstance(every_n_epochs, int) and every_n_epochs >= 1):
             raise ValueError(f"every_n_epochs must be a positive int, got {every_n_epochs!r}")
-        self.dirpath, self.monitor, self.mode = Path(dirpath), monitor, mode
+        self.directory, self.monitor, self.mode = Path(directory), monitor, mode
         self.save_last, self.save_best, self.every_n_epochs = save_last, save_best, every_n_epochs
         self.best: float | None = None
         self.best_epoch: int | None = None
@@ -279,12 +281,12 @@ class ModelCheckpoint(Callback):
     @property
     def last_path(self) -> Path:
         """Where the latest checkpoint goes."""
-        return self.dirpath / "last.pt"
+        return self.directory / "last.pt"
 
     @property
     def best_path(self) -> Path:
         """Where the best checkpoint goes."""
-        return self.dirpath / "best.pt"
+        return self.directory / "best.pt"
 
     def on_fit_start(self, state: State) -> None:
         self.best, self.best_epoch = None, None
@@ -292,7 +294,7 @@ class ModelCheckpoint(Callback):
         if self.save_best:
             check_monitor(self._monitor, state, type(self).__name__)
         if state.is_main_process:  # fail now, not after the first epoch
-            check_writable_folder(self.dirpath, type(self).__name__)
+            check_writable_folder(self.directory, type(self).__name__)
 
     def on_epoch_end(self, state: State) -> None:
         stop = state.should_stop
