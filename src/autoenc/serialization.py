@@ -17,12 +17,18 @@ from torch import nn
 
 import autoenc
 from autoenc.modules import Decoder, Encoder
+from autoenc.networks.conv import ConvDecoder, ConvEncoder
 
 __all__ = ["save", "load", "build_module", "atomic_save"]
 
 FORMAT = "autoenc.model"
 FORMAT_VERSION = 1
-_MODULES: dict[str, type[nn.Module]] = {"Encoder": Encoder, "Decoder": Decoder}
+_MODULES: dict[str, type[nn.Module]] = {
+    "Encoder": Encoder,
+    "Decoder": Decoder,
+    "ConvEncoder": ConvEncoder,
+    "ConvDecoder": ConvDecoder,
+}
 
 
 def _model_classes() -> dict[str, type[nn.Module]]:
@@ -32,7 +38,7 @@ def _model_classes() -> dict[str, type[nn.Module]]:
 
 
 def build_module(config: dict[str, Any]) -> nn.Module:
-    """Rebuild an :class:`~autoenc.Encoder` or :class:`~autoenc.Decoder` from its ``config``."""
+    """Rebuild an encoder or decoder of autoenc's (MLP or convolutional) from its ``config``."""
     kwargs = dict(config)
     kind = kwargs.pop("type", None)
     if kind not in _MODULES:
