@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import autoenc
@@ -59,6 +61,24 @@ def test_every_depth_the_shape_allows_round_trips_exactly(shape, most) -> None:
         expected = list(zip(_ceil_halvings(h, stages), _ceil_halvings(w, stages), strict=True))
         assert enc.sizes == expected
         assert dec.sizes == expected[::-1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    c=st.integers(1, 3),
+    h=st.integers(2, 70),
+    w=st.integers(2, 70),
+    depth=st.floats(0, 1),
+    k=st.sampled_from([1, 3, 5]),
+)
+def test_any_image_size_round_trips_exactly(c, h, w, depth, k) -> None:
+    most = min(math.ceil(math.log2(h)), math.ceil(math.log2(w)))  # halvings until a side is 1
+    stages = max(1, round(depth * most))
+    enc = ConvEncoder((c, h, w), [2] * stages, 3, kernel_size=k)
+    dec = ConvDecoder(3, [2] * stages, (c, h, w), kernel_size=k)
+    assert dec(enc(torch.rand(2, c, h, w))).shape == (2, c, h, w)
+    with pytest.raises(ValueError, match=f"allows at most {most}"):
+        ConvEncoder((c, h, w), [2] * (most + 1), 3)
 
 
 @pytest.mark.parametrize(("shape", "most"), SHAPES, ids=IDS)
