@@ -219,9 +219,9 @@ def test_config_is_json_and_names_the_type() -> None:
 def test_fit_trains_a_conv_vae_and_the_pictures_have_the_image_shape() -> None:
     shape = (1, 12, 10)
     vae = _vae(shape, [4, 8], norm="batch")
-    x = _binary(shape, 32)
+    x = _binary(shape, 24)
     before = vae.eval().loss(x).loss.item()
-    result = autoenc.fit(vae, x, epochs=5, batch_size=8, lr=1e-2, seed=0, verbose=False)
+    result = autoenc.fit(vae, x, epochs=3, batch_size=8, lr=1e-2, seed=0, verbose=False)
     assert all(math.isfinite(v) for v in result.history["train/loss"])
     assert vae.eval().loss(x).loss.item() < before
     grid = reconstruction_grid(vae, x[:4], nrow=4, pad_value=0.0)
