@@ -38,7 +38,7 @@ from autoenc.models import (
     iwae_bound,
     iwae_terms,
 )
-from autoenc.networks import Decoder, Encoder, mlp
+from autoenc.networks import ConvDecoder, ConvEncoder, Decoder, Encoder, VectorQuantizer, mlp
 from autoenc.pictures import ImageSnapshots, TensorBoardDashboard, VisdomDashboard
 from autoenc.training import (
     Callback,
@@ -63,6 +63,9 @@ __all__ = [
     "Encoder",
     "Decoder",
     "mlp",
+    "ConvEncoder",
+    "ConvDecoder",
+    "VectorQuantizer",
     # models and their outputs
     "Autoencoder",
     "GaussianVAE",

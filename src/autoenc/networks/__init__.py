@@ -11,12 +11,27 @@ from typing import Any
 
 from torch import nn
 
+from autoenc.networks.conv import ConvDecoder, ConvEncoder
 from autoenc.networks.mlp import ACTIVATIONS, Decoder, Encoder, mlp
+from autoenc.networks.quantizer import Quantized, VectorQuantizer
 
-__all__ = ["ACTIVATIONS", "NETWORKS", "mlp", "Encoder", "Decoder", "build_network"]
+__all__ = [
+    "ACTIVATIONS",
+    "NETWORKS",
+    "mlp",
+    "Encoder",
+    "Decoder",
+    "ConvEncoder",
+    "ConvDecoder",
+    "VectorQuantizer",
+    "Quantized",
+    "build_network",
+]
 
 #: The network classes :func:`build_network` rebuilds, by the name their config records.
-NETWORKS: dict[str, type[nn.Module]] = {"Encoder": Encoder, "Decoder": Decoder}
+NETWORKS: dict[str, type[nn.Module]] = {
+    cls.__name__: cls for cls in (Encoder, Decoder, ConvEncoder, ConvDecoder, VectorQuantizer)
+}
 
 
 def build_network(config: dict[str, Any]) -> nn.Module:
