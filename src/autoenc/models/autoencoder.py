@@ -102,10 +102,11 @@ class Autoencoder(ReconstructionModel):
     def loss(self, x: Tensor) -> LossOutput:
         """Reconstruction loss of a batch, reduced by ``reduction``."""
         self.check_input(x)
-        params = self.decoder(self.encoder(x))
+        z = self.encoder(x)
+        params = self.decoder(z)
         self.check_params(params, x)
         if self.validate:
-            self.warn_if_probabilities(params)
+            self.warn_if_probabilities(params, z)
         recon = self.recon(params, x)
         return LossOutput(loss=recon, recon=recon.detach())
 

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from autoenc._utils import eval_mode
 from autoenc.likelihoods import Likelihood
 from autoenc.networks import build_network
 
@@ -196,18 +197,32 @@ class ReconstructionModel(nn.Module):
                 "expected)"
             )
 
-    def warn_if_probabilities(self, params: Tensor) -> None:
-        """Warn when a logits likelihood gets decoder outputs that all lie in ``[0, 1]``."""
-        if self.likelihood.output == "logits" and params.numel() > 1:
-            low, high = torch.stack(torch.aminmax(params.detach().float())).tolist()
-            if low >= 0.0 and high <= 1.0:
-                warnings.warn(
-                    f"every decoder output lies in [0, 1], but the {self.likelihood.name!r} "
-                    "likelihood reads them as logits: does the decoder apply a sigmoid in its "
-                    "forward? Return raw logits (the likelihood applies the sigmoid)",
-                    UserWarning,
-                    stacklevel=3,
-                )
+    def warn_if_probabilities(self, params: Tensor, z: Tensor) -> None:
+        """Warn when a logits likelihood gets a decoder whose outputs stay in ``[0, 1]``.
+
+        Outputs of ``z`` in ``[0, 1]`` alone can happen at initialization; a decoder that also
+        keeps ``decoder(1000 * z)`` there ends in a squashing function (a sigmoid in its
+        ``forward``), and its probabilities would be read as logits.
+        """
+        if self.likelihood.output != "logits" or params.numel() < 2:
+            return
+
+        def bounded(t: Tensor) -> bool:
+            low, high = torch.stack(torch.aminmax(t.detach().float())).tolist()
+            return 0.0 <= low and high <= 1.0
+
+        if not bounded(params):
+            return
+        with torch.no_grad(), eval_mode(self.decoder):
+            if not bounded(self.decoder(z.detach() * 1000.0)):
+                return
+        warnings.warn(
+            f"the decoder's outputs stay in [0, 1], but the {self.likelihood.name!r} likelihood "
+            "reads them as logits: does the decoder apply a sigmoid in its forward? Return raw "
+            "logits (the likelihood applies the sigmoid)",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def scale(self, x: Tensor) -> float:
         """What turns a sum over the whole batch into the per-example (or per-element) mean."""

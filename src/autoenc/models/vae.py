@@ -250,7 +250,7 @@ class GaussianVAE(ReconstructionModel):
         self.check_input(x)
         out = self.forward(x, eps=eps)
         if self.validate:
-            self.warn_if_probabilities(out.params)
+            self.warn_if_probabilities(out.params, out.z)
         recon = self.recon(out.params, x)
         kl_elem = self.kl_elementwise(out)  # (b, latent_dim)
         kl = self.reduce(kl_elem, x)
