@@ -209,7 +209,7 @@ class ReconstructionModel(nn.Module):
 
         def bounded(t: Tensor) -> bool:
             low, high = torch.stack(torch.aminmax(t.detach().float())).tolist()
-            return 0.0 <= low and high <= 1.0
+            return low >= 0.0 and high <= 1.0
 
         if not bounded(params):
             return
