@@ -32,6 +32,9 @@ from autoenc._utils import (
     loss_terms,
     model_dtype,
 )
+from autoenc._utils import (
+    flush_denormals as denormals_flushed,
+)
 from autoenc.data.batching import Batches, make_batches
 from autoenc.training.callbacks import Callback, ProgressBar, State
 from autoenc.training.checkpoint import (
@@ -189,6 +192,7 @@ def fit(
     handle_interrupt: bool = True,
     distributed: bool | str = "auto",
     distributed_timeout: float | None = None,
+    flush_denormals: bool = True,
 ) -> FitResult:
     """Train ``model`` by minimizing ``model.loss(x)`` over ``data``.
 
@@ -236,6 +240,9 @@ def fit(
         distributed: ``"auto"`` (several processes under ``torchrun`` or in a process group),
             ``True`` (the same, an error without one) or ``False`` (this process alone).
         distributed_timeout: Seconds a collective waits for the other processes.
+        flush_denormals: Treat denormal floats as zero while training (a CPU setting that
+            ``fit`` restores afterwards): long runs otherwise slow down several-fold once
+            weights and activations underflow.
 
     Returns:
         A :class:`FitResult` with the per-epoch ``history`` and the final ``state``.
@@ -373,7 +380,11 @@ def fit(
         )
         modes = [(m, m.training) for m in model.modules()]
         try:
-            with Interrupt(state, handle_interrupt), _checked_once(target):
+            with (
+                Interrupt(state, handle_interrupt),
+                _checked_once(target),
+                denormals_flushed(flush_denormals),
+            ):
                 loop.run(payload)
         finally:  # leave every submodule's mode as found (a frozen one stays in eval)
             for m, training in modes:
