@@ -12,6 +12,7 @@ import contextlib
 import os
 import random
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,12 +35,7 @@ from autoenc._utils import (
 )
 from autoenc.data.batching import Batches, make_batches
 from autoenc.training.callbacks import Callback, ProgressBar, State
-from autoenc.training.checkpoint import (
-    ModelCheckpoint,
-    load_resume,
-    restore_training,
-    warn_on_resume_changes,
-)
+from autoenc.training.checkpoint import ModelCheckpoint
 from autoenc.training.distributed import (
     StepSync,
     broadcast_int,
@@ -52,6 +48,7 @@ from autoenc.training.distributed import (
 )
 from autoenc.training.loop import Interrupt, Loop, rank_seed
 from autoenc.training.optimizers import build_optimizer, build_scheduler
+from autoenc.training.resume import load_resume, restore_training
 
 __all__ = ["fit", "FitResult"]
 
@@ -103,6 +100,11 @@ def _batches(data: Any, name: str, **kwargs: Any) -> Batches:
         return make_batches(data, **kwargs)
     except (TypeError, ValueError) as err:
         raise type(err)(f"{name}: {err}") from err
+
+
+def _has_own_generator(loader: torch.utils.data.DataLoader) -> bool:
+    sampler = getattr(loader.batch_sampler, "sampler", loader.sampler)
+    return loader.generator is not None or getattr(sampler, "generator", None) is not None
 
 
 def _seed_everything(seed: int) -> None:
@@ -265,11 +267,16 @@ def fit(
             (model, optimizer, scheduler, RNGs, data order, history, callback states) so that
             the result equals the uninterrupted run's, bit for bit on the CPU. The run's seed
             comes from the checkpoint. From a mid-epoch (Ctrl-C) checkpoint the rest of the
-            epoch is exact for tensors and datasets; a ``DataLoader`` is re-read from the
-            start of the epoch and its first batches skipped, in a new order if it shuffles.
+            epoch is exact too; a ``DataLoader`` restarts its iterator from the generator
+            state the epoch began with and skips the batches done (a loader with a
+            ``generator=`` of its own draws another order; a warning says so). Another model
+            kind or config, optimizer or scheduler class is refused before anything is
+            loaded; other hyper-parameters or scheduler settings, which the checkpoint's
+            replace, are named in warnings.
         nan_guard: Check every batch's loss terms before the optimizer step and raise
-            :class:`NonFiniteLossError` naming the term when one is NaN or Inf. Costs one host
-            sync per step on an accelerator.
+            :class:`NonFiniteLossError` naming the term when one is NaN or Inf, and the weights
+            at the end of every epoch (a step that diverged on a finite loss), before the
+            callbacks see it. Costs one host sync per step on an accelerator.
         verbose: Add a :class:`~autoenc.ProgressBar` when ``callbacks`` holds none.
         handle_interrupt: Catch Ctrl-C (in the main thread): stop after the current batch,
             write the ``ModelCheckpoint`` callbacks' ``last.pt`` and return with
@@ -290,11 +297,13 @@ def fit(
         TypeError: A model without ``loss``, data or arguments of the wrong kind.
         ValueError: Empty data, ``batch_size`` <= 0, ``epochs`` < 0, data that ``model.loss``
             rejects, a bad device or precision, or a ``resume`` checkpoint that is corrupted
-            or holds another model; in a distributed run also a ``batch_size`` not divisible
-            by the number of processes, a DataLoader without a ``DistributedSampler``, fewer
-            examples than processes, or an incomplete ``torchrun`` environment.
-        NonFiniteLossError: A loss term became NaN/Inf (also a ``ValueError``); in a
-            distributed run on any process, raised on all.
+            or incomplete, holds another model (kind, config or weights) or was written with
+            another optimizer or scheduler class; in a distributed run also a ``batch_size``
+            not divisible by the number of processes, a DataLoader without a
+            ``DistributedSampler``, fewer examples than processes, or an incomplete
+            ``torchrun`` environment.
+        NonFiniteLossError: A loss term became NaN/Inf, or the weights did by the end of an
+            epoch (also a ``ValueError``); in a distributed run on any process, raised on all.
         DistributedError: Another process of a distributed run died or stopped answering.
 
     Example:
@@ -332,6 +341,15 @@ def fit(
         val_batch_size = -(-val_batch_size // world_size)
         target = unwrap(model)
         payload = load_resume(resume, target, run)
+        if payload is not None and for_loader and _has_own_generator(data):
+            warnings.warn(
+                "the DataLoader draws its order from a generator of its own, whose state the "
+                "checkpoint does not hold: the resumed run sees another order than the "
+                "interrupted one. Leave generator= unset: the loader then draws from torch's "
+                "generator, which the checkpoint restores",
+                UserWarning,
+                stacklevel=2,
+            )
 
         # 2. seeds and data
         if seed is not None:
@@ -400,8 +418,13 @@ def fit(
             has_val_data=val_batches is not None,
         )
         if payload is not None:
-            restore_training(payload, state, source=repr(str(resume)))
-            warn_on_resume_changes(payload, state, lr, repr(str(resume)))
+            restore_training(
+                payload,
+                state,
+                source=f"the resume checkpoint {str(resume)!r}",
+                lr=lr,
+                optimizer_chosen=optimizer is not None,
+            )
 
         # 4. the loop
         loss_fn = model.loss
