@@ -22,6 +22,7 @@ Which constants are included:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -126,6 +127,19 @@ class SquaredError(Likelihood):
         return params
 
 
+def _as_shape(shape: Any) -> list[int]:
+    dims = [shape] if isinstance(shape, numbers.Integral) else shape
+    try:
+        ok = len(dims) > 0 and all(
+            isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in dims
+        )
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"shape must be a positive int or a tuple of positive ints, got {shape!r}")
+    return [int(d) for d in dims]
+
+
 class Gaussian(Likelihood):
     r"""Gaussian :math:`\mathcal N(x; \hat x, \sigma^2)` with fixed or learned :math:`\sigma`.
 
@@ -134,7 +148,8 @@ class Gaussian(Likelihood):
         learn_scale: ``None`` for a fixed :math:`\sigma`; ``"global"`` for one learned
             :math:`\sigma`; ``"pixel"`` for one learned :math:`\sigma` per data element (needs
             ``shape``).
-        shape: Shape of one datum, required with ``learn_scale="pixel"``.
+        shape: Shape of one datum, e.g. ``784`` or ``(1, 28, 28)``; required with
+            ``learn_scale="pixel"``.
     """
 
     name = "gaussian"
@@ -144,7 +159,7 @@ class Gaussian(Likelihood):
         scale: float = 1.0,
         *,
         learn_scale: str | None = None,
-        shape: Sequence[int] | None = None,
+        shape: int | Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if not (isinstance(scale, (int, float)) and scale > 0 and math.isfinite(scale)):
@@ -154,7 +169,7 @@ class Gaussian(Likelihood):
         if learn_scale == "pixel" and shape is None:
             raise ValueError("learn_scale='pixel' needs shape=, the shape of one datum")
         self.scale, self.learn_scale = float(scale), learn_scale
-        self.shape = None if shape is None else [int(d) for d in shape]
+        self.shape = None if shape is None else _as_shape(shape)
         log_scale = torch.full(
             self.shape if learn_scale == "pixel" else [], math.log(scale), dtype=torch.float32
         )

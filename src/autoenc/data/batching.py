@@ -22,6 +22,8 @@ single process with the global batch.
 from __future__ import annotations
 
 import math
+import random
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -148,10 +150,17 @@ class Batches:
     def __init__(self) -> None:
         self.epoch, self._skip = 0, 0
 
-    def set_epoch(self, epoch: int, *, skip: int = 0) -> None:
+    def set_epoch(self, epoch: int, *, skip: int = 0, rng: Tensor | None = None) -> None:
         """Iterate epoch ``epoch`` next, starting after its first ``skip`` batches.
 
         Without calls to ``set_epoch`` each iteration moves on to the next epoch by itself.
+
+        Args:
+            epoch: The epoch, from 0.
+            skip: Batches of it already done.
+            rng: With ``skip``, torch's CPU generator state when the epoch first started: a
+                ``DataLoader`` starts its iterator from it (see :class:`LoaderBatches`); the
+                other kinds ignore it, their order depends on the seed and the epoch alone.
         """
         if not (isinstance(epoch, int) and epoch >= 0):
             raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
@@ -309,7 +318,15 @@ class DatasetBatches(_IndexedBatches):
 
 
 class LoaderBatches(Batches):
-    """A ``DataLoader`` used as it is; only ``x`` of each batch is kept and converted."""
+    """A ``DataLoader`` used as it is; only ``x`` of each batch is kept and converted.
+
+    Its iterator draws from torch's global generator when it starts (a ``RandomSampler``'s
+    order, the workers' base seed), as in a plain training loop. To continue an epoch after
+    ``skip`` batches as it began, give :meth:`set_epoch` the generator state the epoch started
+    with: the iterator is then started from that state and the skipped batches are read with
+    every generator (torch's, Python's, NumPy's) put back afterwards, so the rest of the epoch
+    sees the same batches and draws the same numbers as the uninterrupted epoch.
+    """
 
     def __init__(
         self,
@@ -321,6 +338,7 @@ class LoaderBatches(Batches):
         super().__init__()
         self.loader, self.device, self.transform = loader, device, transform
         self.batch_size = loader.batch_size or 0
+        self._replay: Tensor | None = None
         try:
             length = len(loader)
         except TypeError:
@@ -351,14 +369,36 @@ class LoaderBatches(Batches):
         except TypeError as err:
             raise TypeError("this DataLoader has no length (an iterable-style dataset)") from err
 
-    def set_epoch(self, epoch: int, *, skip: int = 0) -> None:
+    def set_epoch(self, epoch: int, *, skip: int = 0, rng: Tensor | None = None) -> None:
         super().set_epoch(epoch, skip=skip)
+        self._replay = rng if skip else None
         for sampler in (self.loader.sampler, getattr(self.loader.batch_sampler, "sampler", None)):
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
 
+    def _replayed(self, rng: Tensor, skip: int) -> Iterator[Any]:
+        """The loader's iterator started from generator state ``rng``, past ``skip`` batches."""
+        np = sys.modules.get("numpy")
+        saved = torch.get_rng_state(), random.getstate(), np and np.random.get_state()
+        torch.set_rng_state(rng)
+        try:
+            batches = iter(self.loader)
+            for _ in range(skip):
+                if next(batches, None) is None:
+                    break
+        finally:
+            torch.set_rng_state(saved[0])
+            random.setstate(saved[1])
+            if np is not None:
+                np.random.set_state(saved[2])
+        return batches
+
     def _epoch_batches(self, epoch: int, skip: int) -> Iterator[Tensor]:
-        for b, batch in enumerate(self.loader):
+        replay, self._replay = self._replay, None
+        batches: Any = self.loader
+        if replay is not None:
+            batches, skip = self._replayed(replay, skip), 0
+        for b, batch in enumerate(batches):
             if b < skip:
                 continue
             x = _first(batch)

@@ -80,6 +80,9 @@ class State:
         has_val_data: Whether validation data was given (``val/...`` metrics will exist).
         interrupted: ``True`` once Ctrl-C asked training to stop after the current batch.
         exception: The exception that is ending training, seen by ``on_fit_end``; else ``None``.
+        epoch_rng: Torch's CPU generator state when the current epoch's data iteration began
+            (a mid-epoch checkpoint stores it: a ``DataLoader`` resumed there re-creates its
+            iterator from it, so it draws the same order and worker seeds).
     """
 
     model: nn.Module
@@ -106,6 +109,7 @@ class State:
     has_val_data: bool = False
     interrupted: bool = False
     exception: BaseException | None = None
+    epoch_rng: Tensor | None = None
 
 
 class Callback:

@@ -2,13 +2,15 @@
 
 A checkpoint is one ``torch.save`` file of plain containers, numbers, strings and tensors (read
 back with ``weights_only=True``, so loading never runs code from the file) holding the model's
-config and weights, the optimizer and LR scheduler, every RNG state the run draws from (torch
-CPU and CUDA, Python's ``random``, NumPy's when it is loaded), the run's seed (which fixes the
-data order), the position (epoch and batch), the history and each callback's ``state_dict``.
-It is written atomically: a crash or ``kill -9`` mid-write leaves the previous file.
+kind, config and weights, the optimizer and LR scheduler (class and state), every RNG state the
+run draws from (torch CPU and CUDA, Python's ``random``, NumPy's when it is loaded), the run's
+seed (which fixes the data order), the position (epoch and batch), the history, each
+callback's ``state_dict`` and the KL schedules' settings. It is written atomically: a crash or
+``kill -9`` mid-write leaves the previous file.
 
 :class:`ModelCheckpoint` writes ``last.pt`` and ``best.pt``; ``fit(..., resume=path)`` continues
-from either; :func:`load_checkpoint` reads one (and can load its weights into a model).
+from either (:mod:`autoenc.training.resume` checks that the run fits it); :func:`load_checkpoint`
+reads one (and can load its weights into a model).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from autoenc._utils import (
 )
 from autoenc.files import read_archive
 from autoenc.training.callbacks import Callback, State, check_monitor, monitored_value
-from autoenc.training.distributed import DistributedSetup, all_gather_objects, any_rank
+from autoenc.training.distributed import all_gather_objects, any_rank
+from autoenc.training.schedules import KLCyclical, KLWarmup
 
 __all__ = ["ModelCheckpoint", "save_checkpoint", "load_checkpoint", "make_checkpoint"]
 
@@ -47,9 +50,18 @@ FORMAT_VERSION = 1
 # random number generators
 
 
-def capture_rng() -> dict[str, Any]:
-    """The state of every random number generator a training run draws from."""
+def capture_rng(epoch_start: torch.Tensor | None = None) -> dict[str, Any]:
+    """The state of every random number generator a training run draws from.
+
+    Args:
+        epoch_start: Mid-epoch, torch's CPU generator state when the epoch's data iteration
+            began (see :attr:`~autoenc.training.State.epoch_rng`), stored as
+            ``"torch_epoch_start"`` so that a ``DataLoader`` resumed mid-epoch draws the same
+            order and worker seeds.
+    """
     rng: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if epoch_start is not None:
+        rng["torch_epoch_start"] = epoch_start
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     np = sys.modules.get("numpy")
@@ -107,6 +119,42 @@ def callback_keys(callbacks: Sequence[Callback]) -> list[str]:
     return keys
 
 
+#: The keys every checkpoint holds (later versions add others, read with ``.get``).
+REQUIRED_KEYS = (
+    "model",
+    "optimizer",
+    "scheduler",
+    "epoch",
+    "batch",
+    "epochs_completed",
+    "step",
+    "running",
+    "history",
+    "metrics",
+    "seed",
+    "rng",
+    "callbacks",
+)
+
+#: The settings of a KL schedule that a checkpoint stores, to notice a changed schedule.
+SCHEDULE_SETTINGS = ("unit", "length", "start", "end", "ratio", "cycles")
+
+
+def run_rng(state: State) -> dict[str, Any]:
+    """This process's generator states for a checkpoint of ``state``."""
+    mid_epoch = state.epochs_completed <= state.epoch
+    return capture_rng(state.epoch_rng if mid_epoch else None)
+
+
+def schedule_settings(callbacks: Sequence[Callback]) -> dict[str, dict[str, Any]]:
+    """The settings of the run's KL schedules, keyed like their states."""
+    return {
+        key: {name: getattr(cb, name) for name in SCHEDULE_SETTINGS if hasattr(cb, name)}
+        for key, cb in zip(callback_keys(callbacks), callbacks, strict=True)
+        if isinstance(cb, (KLWarmup, KLCyclical))
+    }
+
+
 def make_checkpoint(
     state: State, *, rng_ranks: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
@@ -114,11 +162,11 @@ def make_checkpoint(
 
     Args:
         state: The run.
-        rng_ranks: In a distributed run, every process's ``capture_rng()`` in rank order
+        rng_ranks: In a distributed run, every process's :func:`run_rng` in rank order
             (this process's RNGs are stored otherwise).
     """
     mid_epoch = state.epochs_completed <= state.epoch
-    model = state.model
+    model, scheduler = state.model, state.scheduler
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -126,8 +174,10 @@ def make_checkpoint(
         "kind": type(model).__name__,
         "config": config_json(model),
         "model": model.state_dict(),
+        "optimizer_class": type(state.optimizer).__name__,
         "optimizer": state.optimizer.state_dict(),
-        "scheduler": None if state.scheduler is None else state.scheduler.state_dict(),
+        "scheduler_class": None if scheduler is None else type(scheduler).__name__,
+        "scheduler": None if scheduler is None else scheduler.state_dict(),
         "epoch": state.epoch if mid_epoch else state.epochs_completed,
         "batch": state.batch if mid_epoch else 0,
         "epochs_completed": state.epochs_completed,
@@ -136,7 +186,7 @@ def make_checkpoint(
         "history": {k: list(v) for k, v in state.history.items()},
         "metrics": dict(state.metrics),
         "seed": state.seed,
-        "rng": capture_rng() if rng_ranks is None else rng_ranks[0],
+        "rng": run_rng(state) if rng_ranks is None else rng_ranks[0],
         "rng_ranks": rng_ranks,
         "world_size": state.world_size,
         "batches_per_epoch": state.batches_per_epoch,
@@ -144,6 +194,7 @@ def make_checkpoint(
             key: cb.state_dict()
             for key, cb in zip(callback_keys(state.callbacks), state.callbacks, strict=True)
         },
+        "schedules": schedule_settings(state.callbacks),
     }
 
 
@@ -197,15 +248,15 @@ def load_checkpoint(
 
     Returns:
         The checkpoint: a dict with ``model`` (the state dict), ``config`` (JSON text or
-        ``None``), ``kind``, ``optimizer``, ``scheduler``, ``epoch``, ``batch``,
-        ``epochs_completed``, ``step``, ``history``, ``metrics``, ``seed``, ``rng`` and
-        ``callbacks``. Rebuild an autoenc model with
-        ``GaussianVAE.from_config(json.loads(ckpt["config"]))``.
+        ``None``), ``kind``, ``optimizer``, ``optimizer_class``, ``scheduler``,
+        ``scheduler_class``, ``epoch``, ``batch``, ``epochs_completed``, ``step``,
+        ``history``, ``metrics``, ``seed``, ``rng``, ``callbacks`` and ``schedules``.
+        Rebuild an autoenc model with ``GaussianVAE.from_config(json.loads(ckpt["config"]))``.
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the file is corrupted or not an autoenc checkpoint, or its weights do
-            not fit ``model``.
+        ValueError: If the file is corrupted, not an autoenc checkpoint or lacks a part, or
+            its weights do not fit ``model``.
     """
     payload = read_archive(path, what="checkpoint", map_location=map_location)
     if payload.get("format") != FORMAT:
@@ -215,6 +266,12 @@ def load_checkpoint(
         raise ValueError(
             f"{str(path)!r} was written by a newer autoenc ({payload.get('autoenc_version')}); "
             "upgrade autoenc to read it"
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in payload]
+    if missing:
+        raise ValueError(
+            f"the checkpoint {str(path)!r} lacks {', '.join(map(repr, missing))}: it was not "
+            "written by ModelCheckpoint or save_checkpoint, or was edited; it cannot resume a run"
         )
     if model is not None:
         check_weights_fit(payload["model"], model, repr(str(path)))
@@ -321,7 +378,7 @@ class ModelCheckpoint(Callback):
             return
         # every process's RNGs, for an exact resume: all processes get here together, since
         # they decide from the same metrics and flags
-        rngs = all_gather_objects(capture_rng()) if state.world_size > 1 else None
+        rngs = all_gather_objects(run_rng(state)) if state.world_size > 1 else None
         if not state.is_main_process:
             return
         if not weights_are_finite(state.model):
@@ -341,110 +398,3 @@ class ModelCheckpoint(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_epoch = state["best"], state["best_epoch"]
-
-
-# ---------------------------------------------------------------------------------------------
-# resuming (used by fit)
-
-
-def restore_training(payload: dict[str, Any], state: State, *, source: str) -> None:
-    """Load the model, optimizer and scheduler of ``payload`` and put ``state`` at its position.
-
-    Raises:
-        ValueError: If the optimizer state does not fit the optimizer.
-    """
-    state.model.load_state_dict(payload["model"])
-    try:
-        state.optimizer.load_state_dict(payload["optimizer"])
-    except (ValueError, KeyError, RuntimeError) as err:
-        raise ValueError(
-            f"the optimizer state in {source} does not fit this run's "
-            f"{type(state.optimizer).__name__} ({err}); resume with the optimizer that wrote it"
-        ) from err
-    saved = payload["scheduler"]
-    if state.scheduler is not None and saved is not None:
-        state.scheduler.load_state_dict(saved)
-    elif (state.scheduler is None) != (saved is None):
-        warnings.warn(
-            f"{source} was written {'with' if saved is not None else 'without'} an LR scheduler "
-            f"but this run has {'one' if state.scheduler is not None else 'none'}",
-            stacklevel=3,
-        )
-    state.epoch, state.batch = payload["epoch"], payload["batch"]
-    state.epochs_completed, state.step = payload["epochs_completed"], payload["step"]
-    state.history = {k: list(v) for k, v in payload["history"].items()}
-    state.metrics = dict(payload["metrics"])
-    if payload["running"] is not None:
-        state.running.load_state_dict(payload["running"], device=state.device)
-
-
-def rng_of_rank(payload: dict[str, Any], state: State) -> dict[str, Any] | None:
-    """The RNG states this process should resume with, or ``None`` when the checkpoint has none
-    for it (it was written by a different number of processes; a warning says so)."""
-    saved = payload.get("rng_ranks")
-    if saved is not None and len(saved) == state.world_size:
-        return saved[state.rank]
-    written_by = payload.get("world_size", 1)
-    if written_by != state.world_size and state.is_main_process:
-        warnings.warn(
-            f"the checkpoint was written by {written_by} process(es) and this run has "
-            f"{state.world_size}: the data order continues exactly, but the random draws "
-            "(e.g. a VAE's noise) of the other processes cannot, so the run will differ slightly "
-            "from the uninterrupted one",
-            stacklevel=3,
-        )
-    return payload["rng"] if state.rank == 0 else None
-
-
-def restore_callbacks(payload: dict[str, Any], state: State) -> None:
-    """Give each callback the state it saved (matched by class name and position); callbacks
-    that the checkpoint does not know keep their fresh state."""
-    saved = payload["callbacks"]
-    for key, cb in zip(callback_keys(state.callbacks), state.callbacks, strict=True):
-        if key in saved:
-            cb.load_state_dict(saved[key])
-
-
-def warn_on_resume_changes(payload: dict[str, Any], state: State, lr: Any, source: str) -> None:
-    """Warn when the resumed run cannot equal the one the checkpoint came from."""
-    saved = payload.get("batches_per_epoch")
-    current = state.batches_per_epoch
-    if saved is not None and current is not None and saved != current:
-        warnings.warn(
-            f"{source} was written by a run with {saved} batches per epoch, this one has "
-            f"{current}: the data or batch_size changed, so the resumed run will not match the "
-            "interrupted one",
-            stacklevel=3,
-        )
-    # A scheduler moves "lr"; the rate the run was started with is its "initial_lr".
-    groups = payload["optimizer"].get("param_groups", [])
-    started = {group.get("initial_lr", group.get("lr")) for group in groups}
-    if lr is not None and started and started != {lr}:
-        warnings.warn(
-            f"resuming restores the optimizer's learning rate from {source} (the run started "
-            f"at {', '.join(f'{r:g}' for r in sorted(started))}); lr={lr:g} is not applied. To "
-            "change it, set optimizer.param_groups[i]['lr'] in a callback's on_fit_start",
-            stacklevel=3,
-        )
-
-
-def load_resume(resume: Any, target: nn.Module, run: DistributedSetup) -> dict[str, Any] | None:
-    """The resume checkpoint, read by every process; all fail together if one cannot read it."""
-    if resume is None:
-        return None
-    payload, error = None, None
-    try:
-        payload = load_checkpoint(resume)
-        check_weights_fit(payload["model"], target, f"the resume checkpoint {str(resume)!r}")
-    except (OSError, ValueError) as err:
-        if not run.enabled:
-            raise
-        error = err
-    if run.enabled and any_rank([error is not None], run.device, "the resume check")[0]:
-        if error is not None:
-            raise error
-        raise ValueError(
-            f"another process could not read the resume checkpoint {str(resume)!r} (see its "
-            "error); every process reads it, so it must be on a file system they all see"
-        )
-    return payload

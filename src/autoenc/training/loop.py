@@ -23,9 +23,10 @@ from autoenc._utils import SEED_BOUND, autocast, loss_terms, term_vector, weight
 from autoenc.data.batching import Batches
 from autoenc.evaluation.loss import accumulate
 from autoenc.training.callbacks import State, TermsView
-from autoenc.training.checkpoint import restore_callbacks, restore_rng, rng_of_rank
+from autoenc.training.checkpoint import restore_rng
 from autoenc.training.distributed import StepSync, any_rank, mean_over_ranks
 from autoenc.training.optimizers import is_plateau
+from autoenc.training.resume import restore_callbacks, rng_of_rank
 
 __all__ = ["NonFiniteLossError", "Loop", "Interrupt", "rank_seed"]
 
@@ -57,20 +58,26 @@ class NonFiniteLossError(FloatingPointError, ValueError):
     ) -> None:
         self.term, self.value, self.epoch, self.batch, self.step = term, value, epoch, batch, step
         self.weights_finite = weights_finite
-        where = f"at epoch {epoch}, step {step} (batch {batch} of the epoch; all counted from 0)"
         if term == "weights":
-            what = f"the weights became NaN or Inf by the end of epoch {epoch} (step {step})"
+            what = (
+                f"the weights became NaN or Inf in epoch {epoch} (counted from 0, after {step} "
+                "optimizer steps) although every loss term was finite: a step diverged. Training "
+                "stopped before the epoch's callbacks, so no checkpoint was written with them"
+            )
         else:
-            what = f"the {term!r} term of the loss is {value} {where}"
-        state = (
-            "The weights are still finite"
-            if weights_finite
-            else "The weights are NaN or Inf (an earlier step diverged)"
-        )
+            state = (
+                "the weights are still finite"
+                if weights_finite
+                else "the weights are NaN or Inf already (an earlier step diverged)"
+            )
+            what = (
+                f"the {term!r} term of the loss is {value} at epoch {epoch}, step {step} (batch "
+                f"{batch} of the epoch; all counted from 0). Training stopped before the "
+                f"optimizer step; {state} and no checkpoint was written with them"
+            )
         super().__init__(
-            f"{what}. Training stopped before the optimizer step. {state}; no checkpoint was "
-            "written with them. Try a lower learning rate, gradient clipping (grad_clip=) or "
-            "look for bad data."
+            f"{what}. Try a lower learning rate, gradient clipping (grad_clip=) or look for bad "
+            "data."
         )
 
     def __reduce__(self) -> tuple:  # picklable despite keyword-only arguments
@@ -174,6 +181,7 @@ class Loop:
                 rng = rng_of_rank(payload, state)
                 if rng is not None:
                     restore_rng(rng)
+                    state.epoch_rng = rng.get("torch_epoch_start")
             self._epochs()
         except BaseException as err:
             state.exception = err
@@ -219,9 +227,14 @@ class Loop:
             state.epoch = epoch
             resumed_mid_epoch = False
             start = time.perf_counter()
-            self.train.set_epoch(epoch, skip=state.batch)
+            replay = state.epoch_rng if state.batch else None
+            self.train.set_epoch(epoch, skip=state.batch, rng=replay)
             self._hook("on_epoch_start")
             self.model.train()
+            if state.batch == 0:
+                # A DataLoader draws its order and its workers' seeds from this state when its
+                # iterator starts; a mid-epoch checkpoint keeps it, so a resume draws them again.
+                state.epoch_rng = torch.get_rng_state()
             if self.sync is None:
                 self._batches()
             else:

@@ -12,6 +12,7 @@ import contextlib
 import os
 import random
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,12 +38,7 @@ from autoenc._utils import (
 )
 from autoenc.data.batching import Batches, make_batches
 from autoenc.training.callbacks import Callback, ProgressBar, State
-from autoenc.training.checkpoint import (
-    ModelCheckpoint,
-    load_resume,
-    restore_training,
-    warn_on_resume_changes,
-)
+from autoenc.training.checkpoint import ModelCheckpoint
 from autoenc.training.distributed import (
     StepSync,
     broadcast_int,
@@ -55,6 +51,7 @@ from autoenc.training.distributed import (
 )
 from autoenc.training.loop import Interrupt, Loop, rank_seed
 from autoenc.training.optimizers import build_optimizer, build_scheduler
+from autoenc.training.resume import load_resume, restore_training
 
 __all__ = ["fit", "FitResult"]
 
@@ -106,6 +103,11 @@ def _batches(data: Any, name: str, **kwargs: Any) -> Batches:
         return make_batches(data, **kwargs)
     except (TypeError, ValueError) as err:
         raise type(err)(f"{name}: {err}") from err
+
+
+def _has_own_generator(loader: torch.utils.data.DataLoader) -> bool:
+    sampler = getattr(loader.batch_sampler, "sampler", loader.sampler)
+    return loader.generator is not None or getattr(sampler, "generator", None) is not None
 
 
 def _seed_everything(seed: int) -> None:
@@ -231,7 +233,9 @@ def fit(
         shuffle: Shuffle the training data every epoch (ignored for a DataLoader).
         drop_last: Drop each epoch's last, smaller batch.
         resume: A :class:`~autoenc.ModelCheckpoint` file: continue that run exactly (model,
-            optimizer, scheduler, RNGs, data order, history, callback states).
+            optimizer, scheduler, RNGs, data order, history, callback states), mid-epoch
+            too. Another model kind or config, optimizer or scheduler class is refused before
+            anything is loaded; other changed settings are named in warnings.
         nan_guard: Check the loss terms before every step and the weights after every epoch;
             raise :class:`~autoenc.NonFiniteLossError` naming the term.
         verbose: Add a :class:`~autoenc.ProgressBar` when ``callbacks`` holds none.
@@ -289,6 +293,15 @@ def fit(
         val_batch_size = -(-val_batch_size // world_size)
         target = unwrap(model)
         payload = load_resume(resume, target, run)
+        if payload is not None and for_loader and _has_own_generator(data):
+            warnings.warn(
+                "the DataLoader draws its order from a generator of its own, whose state the "
+                "checkpoint does not hold: the resumed run sees another order than the "
+                "interrupted one. Leave generator= unset: the loader then draws from torch's "
+                "generator, which the checkpoint restores",
+                UserWarning,
+                stacklevel=2,
+            )
 
         # 2. seeds and data
         if seed is not None:
@@ -357,8 +370,13 @@ def fit(
             has_val_data=val_batches is not None,
         )
         if payload is not None:
-            restore_training(payload, state, source=repr(str(resume)))
-            warn_on_resume_changes(payload, state, lr, repr(str(resume)))
+            restore_training(
+                payload,
+                state,
+                source=f"the resume checkpoint {str(resume)!r}",
+                lr=lr,
+                optimizer_chosen=optimizer is not None,
+            )
 
         # 4. the loop
         loss_fn = model.loss
