@@ -1,31 +1,74 @@
-"""Train the article's MNIST autoencoder: 784-256-64-20 MLP, MSE, batch 32, Adam 1e-3.
+"""Train the article's MNIST autoencoder and draw its reconstructions.
 
-    python examples/mnist_ae.py --epochs 10 --out runs/ae
+    python examples/mnist_ae.py                  # 10 epochs, files in runs/ae/version_N
 
-Writes ``recon_epochNNN.png`` (test images over their reconstructions, the article's Visdom
-windows ``x`` and ``x_hat``), ``loss.png``, ``model.pt`` and ``metrics.json`` to ``--out``.
+The article's autoencoder: a 784-256-64-20 encoder and a 20-64-256-784 decoder, ReLU after
+every layer but the decoder's last (a sigmoid), nn.MSELoss(), batch 32, Adam 1e-3.
+Writes recon_epochNNN.png (inputs over reconstructions), loss.png, model.pt and metrics.json.
 """
 
 from __future__ import annotations
 
-import torch
-from mnist_common import finish, is_main_process, limit, load_data, parser, train
+import json
 
+import _cli as cli  # options, data flags, run folders: what is not about autoenc
+import torch
+
+from autoenc import ImageSnapshots, evaluate, fit, save
+from autoenc.pictures import plot_history
 from autoenc.recipes import article_autoencoder
+
+BATCH_SIZE, LR = 32, 1e-3  # the article's
 
 
 def main() -> None:
-    args = parser(__doc__.splitlines()[0], out="runs/ae").parse_args()
-    batch_size, lr = args.batch_size or 32, args.lr or 1e-3
-    train_x, test_x = load_data(args)
-    torch.manual_seed(args.seed)  # the initial weights follow --seed too
+    args = cli.parse(cli.parser(__doc__, runs="runs/ae", epochs=10))
+    out = cli.run_folder(args.out, "runs/ae")
+
+    # Data: uint8 images (fit scales them to [0, 1]); 32 fixed test digits for the pictures.
+    train_x, test_x = cli.load_mnist(args, batch_size=BATCH_SIZE)
+    x_show = test_x[:32].float() / 255
+
+    # Model: the same initial weights for the same --seed.
+    torch.manual_seed(args.seed)
     model = article_autoencoder()
-    if is_main_process():
+    if cli.is_main_process():
         print(model)
-    result = train(
-        model, limit(train_x, args, batch_size), test_x, args, batch_size=batch_size, lr=lr
+
+    # Callbacks: each row of 8 test digits over its reconstructions, every --every epochs.
+    snapshots = ImageSnapshots(out, x_show, every_n_epochs=args.every)
+
+    result = fit(
+        model,
+        train_x,
+        val_data=test_x,
+        epochs=args.epochs,
+        batch_size=BATCH_SIZE,
+        lr=LR,
+        callbacks=[snapshots, cli.SlowEpochHint()],
+        seed=args.seed,
+        device=args.device,
     )
-    finish(model, result, test_x, args)
+    if not result.state.is_main_process:
+        return  # under torchrun only rank 0 evaluates and writes files
+
+    # Evaluation: the article's loss on the test set, the mean squared error per pixel.
+    model = model.cpu()
+    mse = evaluate(model, test_x)["loss"]
+    print(f"test set, {len(test_x)} images: test/mse_per_pixel {mse:.4g} (the article's loss)")
+
+    # Pictures: label the rows of the grids ImageSnapshots wrote.
+    for path in snapshots.written:
+        cli.label_rows(path, ["input", "recon"])
+
+    save(model, out / "model.pt")
+    metrics = {"test/mse_per_pixel": mse}
+    (out / "metrics.json").write_text(json.dumps({"test": metrics, "history": result.history}))
+    try:
+        plot_history(result.history).savefig(out / "loss.png", dpi=100)
+    except ImportError as err:  # matplotlib comes with the [plot] extra
+        print(f"no loss.png: {err}")
+    cli.print_files(out)
 
 
 if __name__ == "__main__":

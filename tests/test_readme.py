@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
 import torch
 
 import autoenc.data
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 
 
 def _python_blocks() -> list[str]:
@@ -42,6 +42,29 @@ def test_quickstart_runs(monkeypatch):
     assert samples.min() >= 0 and samples.max() <= 1
 
 
-@pytest.mark.parametrize("needle", ["examples/mnist_vae.py", "python -m pytest"])
-def test_readme_names_the_two_commands(needle):
-    assert needle in README.read_text(encoding="utf-8")
+def _run_it_commands() -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Run it", 1)[1].split("\n## ", 1)[0]
+    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S)]
+
+
+def test_readme_runs_the_vae_example_then_the_tests():
+    run_example, run_tests = _run_it_commands()  # exactly two commands
+    assert run_example.endswith("python examples/mnist_vae.py")
+    assert (ROOT / "examples" / "mnist_vae.py").is_file()
+    assert run_tests.endswith("python -m pytest")
+    # CI runs the README's test command as written, so it cannot go stale.
+    assert run_tests in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+
+
+def test_readme_pictures_exist():
+    sources = re.findall(r'<img src="([^"]+)"', README.read_text(encoding="utf-8"))
+    assert sources
+    for source in sources:
+        assert (ROOT / source).is_file(), source
+
+
+def test_every_example_named_in_the_readmes_exists():
+    for readme in (README, ROOT / "examples" / "README.md"):
+        for name in re.findall(r"examples/(\w+\.py)", readme.read_text(encoding="utf-8")):
+            assert (ROOT / "examples" / name).is_file(), f"{readme.name} names examples/{name}"

@@ -1,20 +1,139 @@
-"""Ready-made MNIST models: the article's AE and VAE, and the library's recommended VAE.
+"""Ready-made MNIST models: the article's AE and VAE, and the library's recommended VAE recipe.
 
 The article (an MLP autoencoder tutorial on MNIST) builds its networks by hand; these builders
 give the same layers and parameter counts from :class:`~autoenc.Encoder` and
 :class:`~autoenc.Decoder`, with the article's loss expressed as options rather than code.
+:func:`recommended_vae_recipe` returns a :class:`Recipe`: the recommended VAE together with every
+setting it is trained with, so that one place defines the whole recipe.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 
+import torch
+from torch import Tensor, nn
+
+from autoenc._utils import check_choice, check_int, check_number
+from autoenc.data import dynamic_binarize
 from autoenc.models import Autoencoder, GaussianVAE
 from autoenc.networks import Decoder, Encoder
+from autoenc.training import Callback, KLWarmup
 
-__all__ = ["article_autoencoder", "article_vae", "recommended_vae"]
+__all__ = [
+    "Recipe",
+    "article_autoencoder",
+    "article_vae",
+    "recommended_vae",
+    "recommended_vae_recipe",
+]
 
 MNIST_SHAPE = (1, 28, 28)
+_LR_SCHEDULES = ("cosine", "constant")
+_HIDDEN = ("model", "transform")  # not in the repr: the model prints itself, a function's address
+
+Scheduler = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A freshly built model and the settings it is trained with.
+
+    Pass the settings to :func:`autoenc.fit` as they are; :meth:`scheduler` and
+    :meth:`callbacks` build the parts that depend on the length of the run, so that the same
+    recipe scales to any number of epochs (warm-up and decay included). Vary a recipe with
+    :func:`dataclasses.replace`.
+
+    Attributes:
+        model: The network to train, freshly initialized.
+        epochs: Epochs the recipe is measured with.
+        batch_size: Examples per optimizer step.
+        lr: Adam's (initial) learning rate.
+        lr_schedule: ``"cosine"``: the learning rate decays to 0 by a cosine over all steps;
+            ``"constant"``: it stays at ``lr``.
+        scheduler_interval: How often the scheduler steps (``fit``'s ``scheduler_interval``).
+        warmup: Part of the steps, from 0 to 1, over which the KL weight rises linearly from 0
+            to 1 (:class:`~autoenc.KLWarmup`); 0 for none.
+        transform: Applied to every training batch (``fit``'s ``transform``), or ``None``.
+
+    Example:
+        >>> recipe = recommended_vae_recipe()
+        >>> recipe.batch_size, recipe.likelihood, len(recipe.callbacks(total_steps=100))
+        (128, 'bernoulli', 1)
+    """
+
+    model: nn.Module
+    epochs: int
+    batch_size: int
+    lr: float
+    lr_schedule: str = "constant"
+    scheduler_interval: str = "step"
+    warmup: float = 0.0
+    transform: Callable[[Tensor], Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(self.model).__name__}")
+        check_int(self.epochs, "epochs")
+        check_int(self.batch_size, "batch_size")
+        check_number(self.lr, "lr", positive=True)
+        check_choice(self.lr_schedule, _LR_SCHEDULES, "lr_schedule")
+        check_choice(self.scheduler_interval, ("step", "epoch"), "scheduler_interval")
+        if check_number(self.warmup, "warmup", low=0) > 1:
+            raise ValueError(f"warmup must be a number in [0, 1], got {self.warmup!r}")
+
+    def __repr__(self) -> str:  # the settings; the model prints itself
+        shown = [
+            f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name not in _HIDDEN
+        ]
+        transform = getattr(self.transform, "__name__", None) or repr(self.transform)
+        return f"Recipe({', '.join(shown)}, transform={transform})"
+
+    @property
+    def likelihood(self) -> str | None:
+        """The name of the model's likelihood (``"bernoulli"``, ...), ``None`` if it has none."""
+        return getattr(getattr(self.model, "likelihood", None), "name", None)
+
+    def total_steps(self, num_examples: int, *, epochs: int | None = None) -> int:
+        """Optimizer steps of a run over ``num_examples`` for ``epochs`` (default: the recipe's).
+
+        Example:
+            >>> recommended_vae_recipe().total_steps(60_000)
+            28140
+        """
+        epochs = self.epochs if epochs is None else check_int(epochs, "epochs")
+        return epochs * math.ceil(check_int(num_examples, "num_examples") / self.batch_size)
+
+    def scheduler(self, total_steps: int) -> Scheduler | None:
+        """``fit``'s ``scheduler`` for a run of ``total_steps`` steps, ``None`` for a constant rate.
+
+        Example:
+            >>> recipe = recommended_vae_recipe()
+            >>> opt = torch.optim.Adam(recipe.model.parameters(), lr=recipe.lr)
+            >>> type(recipe.scheduler(100)(opt)).__name__
+            'CosineAnnealingLR'
+        """
+        total_steps = check_int(total_steps, "total_steps")
+        if self.lr_schedule == "constant":
+            return None
+
+        def cosine(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+
+        return cosine
+
+    def callbacks(self, total_steps: int) -> list[Callback]:
+        """The callbacks the recipe trains with, for a run of ``total_steps`` steps: the KL
+        warm-up over ``round(warmup * total_steps)`` steps when that is at least one step.
+
+        Example:
+            >>> recommended_vae_recipe().callbacks(1000)[0].length
+            100
+        """
+        warmup_steps = round(self.warmup * check_int(total_steps, "total_steps"))
+        return [KLWarmup(steps=warmup_steps)] if warmup_steps > 0 else []
 
 
 def article_autoencoder() -> Autoencoder:
@@ -55,16 +174,8 @@ def recommended_vae(latent_dim: int = 32, hidden: Sequence[int] = (512, 512)) ->
     32-512-512-784 decoder giving Bernoulli logits, and the plain ELBO in nats per image (the
     reconstruction summed over pixels, averaged over the batch). Train it on binarized data:
     pass ``transform=autoenc.data.dynamic_binarize`` to :func:`autoenc.fit`.
-
-    The recipe it is measured with (``python examples/mnist_vae.py --preset recommended
-    --iw-samples 1000``): batch 128, Adam with learning rate 1e-3 decayed to 0 by a per-step
-    cosine (``scheduler=lambda opt: CosineAnnealingLR(opt, T_max=total_steps)``,
-    ``scheduler_interval="step"``), a linear KL warm-up over the first 10% of the steps
-    (:class:`~autoenc.KLWarmup`), 60 epochs; every training batch binarized afresh,
-    the test set binarized once. It reaches a test NLL of 88.2 nats (importance sampling with
-    K=1000, all 10000 test images; a plain VAE in pythae's table: 89.78 after 500 epochs) in
-    about 9 minutes of training on a 2-core CPU (20 on a busy one); 120 epochs reach 86.8.
-    ``docs/recipe_results.md`` has the details.
+    :func:`recommended_vae_recipe` returns it with the settings it is measured with
+    (``docs/recipe_results.md`` has what it reaches).
 
     Args:
         latent_dim: Size of ``z``.
@@ -80,3 +191,36 @@ def recommended_vae(latent_dim: int = 32, hidden: Sequence[int] = (512, 512)) ->
     encoder = Encoder(MNIST_SHAPE, list(hidden), 2 * latent_dim)
     decoder = Decoder(latent_dim, list(reversed(hidden)), MNIST_SHAPE)
     return GaussianVAE(encoder, decoder, latent_dim, likelihood="bernoulli")
+
+
+def recommended_vae_recipe(latent_dim: int = 32, hidden: Sequence[int] = (512, 512)) -> Recipe:
+    """The recommended VAE (:func:`recommended_vae`) with the settings it is measured with.
+
+    Batch 128; Adam with learning rate 1e-3 decayed to 0 by a per-step cosine; the KL weight
+    rising linearly from 0 to 1 over the first 10% of the steps; 60 epochs; every training batch
+    binarized afresh (:func:`~autoenc.data.dynamic_binarize`). Binarize the validation or
+    test set once yourself, with a seeded generator, so that every evaluation sees the same
+    digits. ``examples/mnist_vae_recipe.py`` runs it; ``docs/recipe_results.md`` has what it
+    reaches.
+
+    Args:
+        latent_dim: Size of ``z``.
+        hidden: Hidden widths of the encoder; the decoder mirrors them.
+
+    Example:
+        >>> recipe = recommended_vae_recipe()
+        >>> recipe.epochs, recipe.batch_size, recipe.lr, recipe.lr_schedule, recipe.warmup
+        (60, 128, 0.001, 'cosine', 0.1)
+        >>> recipe.transform is dynamic_binarize
+        True
+    """
+    return Recipe(
+        model=recommended_vae(latent_dim, hidden),
+        epochs=60,
+        batch_size=128,
+        lr=1e-3,
+        lr_schedule="cosine",
+        scheduler_interval="step",
+        warmup=0.1,
+        transform=dynamic_binarize,
+    )

@@ -1,0 +1,90 @@
+"""A recipe holds its model and every training setting, and scales them to any run length."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from autoenc import KLWarmup
+from autoenc.data import dynamic_binarize
+from autoenc.recipes import Recipe, recommended_vae, recommended_vae_recipe
+
+
+def test_the_recommended_recipe_is_the_measured_one():
+    recipe = recommended_vae_recipe()
+    # The settings docs/recipe_results.md measured: 60 epochs of 469 steps at batch 128.
+    assert (recipe.epochs, recipe.batch_size, recipe.lr) == (60, 128, 1e-3)
+    assert (recipe.lr_schedule, recipe.scheduler_interval, recipe.warmup) == ("cosine", "step", 0.1)
+    assert recipe.transform is dynamic_binarize and recipe.likelihood == "bernoulli"
+    assert recipe.total_steps(60_000) == 60 * 469
+    reference = recommended_vae()
+    assert recipe.model.config == reference.config
+    assert [p.shape for p in recipe.model.parameters()] == [p.shape for p in reference.parameters()]
+
+
+@pytest.mark.parametrize("epochs", [1, 60, 120])
+def test_warmup_and_decay_scale_with_the_run(epochs):
+    recipe = recommended_vae_recipe(latent_dim=2, hidden=(8,))
+    total = recipe.total_steps(1000, epochs=epochs)
+    assert total == epochs * 8  # ceil(1000 / 128) steps per epoch
+    (warmup,) = recipe.callbacks(total)
+    assert isinstance(warmup, KLWarmup) and warmup.length == round(0.1 * total)
+
+    optimizer = torch.optim.SGD(recipe.model.parameters(), lr=recipe.lr)
+    scheduler = recipe.scheduler(total)(optimizer)
+    rates = []
+    for _ in range(total):
+        optimizer.step()
+        scheduler.step()
+        rates.append(optimizer.param_groups[0]["lr"])
+    half = total // 2
+    assert rates[half - 1] == pytest.approx(1e-3 * (1 + math.cos(math.pi * half / total)) / 2)
+    assert rates[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_constant_rate_and_no_warmup_add_nothing():
+    recipe = dataclasses.replace(recommended_vae_recipe(), lr_schedule="constant", warmup=0.0)
+    assert recipe.scheduler(100) is None
+    assert recipe.callbacks(100) == []
+    assert recipe.epochs == 60  # the rest stays
+
+
+def test_a_recipe_cannot_be_changed_in_place():
+    recipe = recommended_vae_recipe()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe.lr = 1.0
+
+
+def test_repr_shows_the_settings_not_the_model():
+    text = repr(recommended_vae_recipe())
+    assert text.startswith("Recipe(epochs=60, batch_size=128, lr=0.001, lr_schedule='cosine'")
+    assert text.endswith("transform=dynamic_binarize)") and "Linear" not in text
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "named"),
+    [
+        ({"model": "vae"}, TypeError, "model"),
+        ({"epochs": 0}, ValueError, "epochs"),
+        ({"batch_size": 2.5}, ValueError, "batch_size"),
+        ({"lr": -1e-3}, ValueError, "lr"),
+        ({"lr_schedule": "linear"}, ValueError, "lr_schedule"),
+        ({"scheduler_interval": "batch"}, ValueError, "scheduler_interval"),
+        ({"warmup": 1.5}, ValueError, "warmup"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(change, error, named):
+    with pytest.raises(error, match=named):
+        dataclasses.replace(recommended_vae_recipe(latent_dim=2, hidden=(8,)), **change)
+
+
+def test_run_length_arguments_are_checked():
+    recipe = Recipe(model=torch.nn.Linear(1, 1), epochs=2, batch_size=4, lr=0.1)
+    assert recipe.total_steps(10) == 2 * 3 and recipe.scheduler(6) is None
+    with pytest.raises(ValueError, match="num_examples"):
+        recipe.total_steps(0)
+    with pytest.raises(ValueError, match="total_steps"):
+        recipe.callbacks(-1)
