@@ -159,7 +159,7 @@ class Batches:
             epoch: The epoch, from 0.
             skip: Batches of it already done.
             rng: With ``skip``, torch's CPU generator state when the epoch first started: a
-                ``DataLoader`` starts its iterator from it (see :class:`LoaderBatches`); the
+                ``DataLoader`` starts its iterator from it (see ``LoaderBatches``); the
                 other kinds ignore it, their order depends on the seed and the epoch alone.
         """
         if not (isinstance(epoch, int) and epoch >= 0):
