@@ -576,3 +576,29 @@ def test_evaluate_and_the_dry_run_keep_a_frozen_submodule_in_eval_mode():
     assert model.training and not model.encoder.training
     fit(model, tiny_data(), epochs=2, batch_size=8, verbose=False)
     assert model.training and not model.encoder.training  # fit leaves the modes as it found them
+
+
+# ---------------------------------------------------------------------------------------------
+# your own data in any float dtype
+
+
+def test_float64_numpy_data_trains_a_float32_model_like_float32_data():
+    """NumPy arrays are float64 by default: fit, evaluate and log_likelihood cast them to the
+    model's dtype, and the result equals training on the same values in float32."""
+    import numpy as np
+
+    from autoenc import Decoder, Encoder, GaussianVAE, log_likelihood
+
+    def build():
+        torch.manual_seed(0)
+        return GaussianVAE(Encoder(6, [8], 4), Decoder(2, [8], 6), latent_dim=2)
+
+    data = np.random.default_rng(0).integers(0, 2, size=(40, 6)).astype(np.float64)
+    as_numpy, as_float32 = build(), build()
+    fit(as_numpy, data, epochs=2, batch_size=8, seed=0, verbose=False)
+    fit(as_float32, torch.from_numpy(data).float(), epochs=2, batch_size=8, seed=0, verbose=False)
+    for a, b in zip(as_numpy.parameters(), as_float32.parameters(), strict=True):
+        assert a.dtype == torch.float32 and torch.equal(a, b)
+    assert evaluate(as_numpy, data, seed=0) == evaluate(as_float32, data.astype(np.float32), seed=0)
+    nll = log_likelihood(as_numpy, data, k=4).nll
+    assert nll == log_likelihood(as_float32, torch.from_numpy(data).float(), k=4).nll
