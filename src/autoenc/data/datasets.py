@@ -54,10 +54,14 @@ class MNISTData(NamedTuple):
 
     The tensors are shared by every call that loads the same files (see :func:`mnist`): do not
     modify them in place, ``clone()`` them first.
+
+    Attributes:
+        images: ``(n, 1, 28, 28)`` uint8 pixels, 0 for the background and 255 for ink.
+        labels: ``(n,)`` int64 digits in 0..9.
     """
 
-    images: Tensor  # (n, 1, 28, 28) uint8, 0 = background, 255 = ink
-    labels: Tensor  # (n,) int64 in 0..9
+    images: Tensor
+    labels: Tensor
 
     def __repr__(self) -> str:
         def describe(t: Tensor) -> str:
