@@ -91,7 +91,8 @@ def test_decoding_the_tokens_gives_the_quantized_reconstruction() -> None:
     assert tokens.shape == (x.shape[0], 4, 4) and tokens.dtype == torch.long
     with torch.no_grad():
         expected = model.decode(model.quantize(model.encode(x)).z_q)
-        torch.testing.assert_close(model.decode_indices(tokens), expected, rtol=0, atol=0)
+        # the straight-through z + (code - z) may differ from the code in the last bit
+        torch.testing.assert_close(model.decode_indices(tokens), expected)
         torch.testing.assert_close(model.reconstruct(x), expected)
         torch.testing.assert_close(model.decode(model.embed(x)), expected)  # the flat form
 
@@ -228,3 +229,28 @@ def test_image_snapshots_draw_prior_samples_once_a_prior_is_fitted(tmp_path) -> 
     autoenc.fit(model, x, epochs=1, batch_size=8, callbacks=[pictures], verbose=False)
     names = sorted(p.name for p in pictures.written)
     assert names == ["recon_epoch001.png", "samples_epoch001.png"]
+
+
+@pytest.mark.slow
+def test_the_example_runs_on_the_shipped_sample(tmp_path) -> None:
+    import gzip
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1"):
+        packed = root / "src" / "autoenc" / "assets" / f"mnist-sample-{name}-ubyte.gz"
+        (raw / f"{name}-ubyte").write_bytes(gzip.decompress(packed.read_bytes()))
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(root / "examples" / "mnist_vqvae.py"), "--epochs", "1"]
+    cmd += ["--max-batches", "2", "--codes", "32", "--device", "cpu"]
+    cmd += ["--data-root", str(tmp_path / "data"), "--out", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 < metrics["test_mse_per_pixel"] < 1 and metrics["uniform_bits_per_token"] == 5
+    assert metrics["prior_bits_per_test_token"] < 5
+    written = {p.name for p in out.iterdir()}
+    assert {"prior_samples.png", "model.pt", "history.csv", "recon_epoch001.png"} <= written

@@ -175,7 +175,7 @@ class ConvEncoder(nn.Module):
         blocks_per_stage: Residual blocks after each stage's downsampling.
         norm: ``"batch"``, ``"group"`` or ``None``: normalization after each convolution.
         groups: Number of groups for ``norm="group"``; must divide every entry of ``channels``.
-        activation: Hidden activation name (see :data:`autoenc.modules.ACTIVATIONS`).
+        activation: Hidden activation name (a key of ``autoenc.networks.ACTIVATIONS``).
         kernel_size: Odd kernel size of every convolution.
         final_activation: Activation after the ``Linear`` or the 1x1 convolution (``None`` for
             none).
@@ -299,7 +299,7 @@ class ConvDecoder(nn.Module):
         blocks_per_stage: Residual blocks before each stage's upsampling.
         norm: ``"batch"``, ``"group"`` or ``None``: normalization after each upsampling.
         groups: Number of groups for ``norm="group"``; must divide every entry of ``channels``.
-        activation: Hidden activation name (see :data:`autoenc.modules.ACTIVATIONS`).
+        activation: Hidden activation name (a key of ``autoenc.networks.ACTIVATIONS``).
         kernel_size: Odd kernel size of every convolution.
         final_activation: Activation after the last convolution: ``None`` for logits,
             ``"sigmoid"`` for pixel intensities.
