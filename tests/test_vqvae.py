@@ -168,8 +168,9 @@ def test_bad_tokens_are_clear_errors() -> None:
         model.decode_indices(-torch.eye(4, dtype=torch.long)[None])
     with pytest.raises(ValueError, match=r"shape \(b, \*grid\) = \(b, 4, 4\), got \(2, 3, 4\)"):
         model.decode_indices(torch.zeros(2, 3, 4, dtype=torch.long))
-    with pytest.raises(TypeError, match="indices must be an integer tensor"):
-        model.decode_indices(torch.zeros(2, 4, 4))
+    for bad in (torch.zeros(2, 4, 4), torch.zeros(2, 4, 4, dtype=torch.bool)):
+        with pytest.raises(TypeError, match="indices must be an integer tensor"):
+            model.decode_indices(bad)
 
 
 # --- training

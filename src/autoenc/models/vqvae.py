@@ -252,7 +252,8 @@ class VQVAE(ReconstructionModel):
             TypeError: If ``indices`` is not an integer tensor.
             ValueError: If its grid is not the model's or a value is not in ``[0, K)``.
         """
-        if not isinstance(indices, Tensor) or indices.is_floating_point() or indices.is_complex():
+        integer = isinstance(indices, Tensor) and not indices.is_floating_point()
+        if not integer or indices.is_complex() or indices.dtype == torch.bool:
             raise TypeError(f"indices must be an integer tensor, got {indices!r:.80}")
         grid, k = self.grid_shape, self.quantizer.num_codes
         if indices.dim() < 1 or (grid is not None and tuple(indices.shape[1:]) != grid):
@@ -329,14 +330,24 @@ class VQVAE(ReconstructionModel):
         self.prior_probs = probs.to(self.prior_probs.device, model_dtype(self))
         return counts
 
-    def prior_bits_per_token(self, data: Any, *, batch_size: int = 256) -> float:
-        """Mean ``-log2`` prior probability of the tokens of ``data``, in bits per token.
+    def prior_bits_per_token(
+        self,
+        data: Any,
+        *,
+        batch_size: int = 256,
+        transform: Callable[[Tensor], Tensor] | None = None,
+    ) -> float:
+        """Mean ``-log2`` prior probability of the tokens of ``data`` (e.g. the test set), in
+        bits per token.
 
         A uniform prior over ``K`` codes scores ``log2(K)``: the difference is what the
         per-position statistics capture.
+
+        Raises:
+            RuntimeError: If no prior was fitted.
         """
         self._require_prior("prior_bits_per_token")
-        counts = self.token_counts(data, batch_size=batch_size).double()
+        counts = self.token_counts(data, batch_size=batch_size, transform=transform).double()
         bits = -torch.log2(self.prior_probs.double())
         return ((counts * bits).sum() / counts.sum()).item()
 
