@@ -299,3 +299,58 @@ def test_widths_must_be_positive_ints() -> None:
         ConvEncoder((1, 8, 8), [4], 0)
     with pytest.raises(ValueError, match="in_features must be a positive int, got 2.0"):
         ConvDecoder(2.0, [4], (1, 8, 8))
+
+
+# --- grid heads (for a VQ-VAE)
+
+
+@pytest.mark.parametrize(("shape", "most"), SHAPES, ids=IDS)
+def test_grid_heads_emit_and_take_the_last_grid(shape, most) -> None:
+    enc = ConvEncoder(shape, [2] * most, out_channels=5)
+    dec = ConvDecoder(None, [2] * most, shape, in_channels=5)
+    h, w = enc.sizes[-1]
+    assert enc.out_shape == dec.in_shape == (5, h, w)
+    z = enc(torch.rand(3, *shape))
+    assert z.shape == (3, 5, h, w)
+    assert dec(z).shape == (3, *shape)
+    assert enc.out_features is None and dec.in_features is None
+
+
+def test_a_grid_head_is_a_1x1_convolution_and_a_grid_input_a_convolution() -> None:
+    enc = ConvEncoder((1, 8, 8), [4], out_channels=3, final_activation="tanh")
+    head = enc.net[-2]
+    assert isinstance(head, nn.Conv2d) and head.kernel_size == (1, 1) and head.out_channels == 3
+    assert isinstance(enc.net[-1], nn.Tanh)
+    dec = ConvDecoder(None, [4], (1, 8, 8), in_channels=3, kernel_size=5)
+    first = dec.net[0]
+    assert isinstance(first, nn.Conv2d) and (first.in_channels, first.kernel_size) == (3, (5, 5))
+
+
+def test_grid_heads_round_trip_through_their_config_and_linear_configs_keep_their_keys() -> None:
+    from autoenc.networks import build_network
+
+    enc = ConvEncoder((1, 12, 10), [4, 8], out_channels=6, norm="group", groups=2)
+    dec = ConvDecoder(None, [8, 4], (1, 12, 10), in_channels=6)
+    x = torch.rand(2, 1, 12, 10)
+    for net, inputs in ((enc, x), (dec, enc(x))):
+        config = json.loads(json.dumps({"type": type(net).__name__, **net.config}))
+        rebuilt = build_network(config)
+        assert rebuilt.config == net.config
+        rebuilt.load_state_dict(net.state_dict())
+        assert torch.equal(rebuilt(inputs), net(inputs))
+    assert "out_channels" not in ConvEncoder((1, 8, 8), [4], 2).config
+    assert "in_channels" not in ConvDecoder(2, [4], (1, 8, 8)).config
+
+
+def test_a_head_needs_exactly_one_of_width_and_channels() -> None:
+    with pytest.raises(ValueError, match="give one of out_features .* and out_channels"):
+        ConvEncoder((1, 8, 8), [4])
+    with pytest.raises(ValueError, match=r"got out_features=2, out_channels=3"):
+        ConvEncoder((1, 8, 8), [4], 2, out_channels=3)
+    with pytest.raises(ValueError, match="give one of in_features .* and in_channels"):
+        ConvDecoder(None, [4], (1, 8, 8))
+    with pytest.raises(ValueError, match="in_channels must be a positive int, got 0"):
+        ConvDecoder(None, [4], (1, 8, 8), in_channels=0)
+    dec = ConvDecoder(None, [4], (1, 8, 8), in_channels=3)
+    with pytest.raises(ValueError, match=r"ConvDecoder expects input of shape \(b, 3, 4, 4\)"):
+        dec(torch.rand(2, 48))

@@ -28,6 +28,7 @@ from autoenc.likelihoods import (
     get_likelihood,
 )
 from autoenc.models import (
+    VQVAE,
     AEOutput,
     Autoencoder,
     GaussianVAE,
@@ -35,10 +36,19 @@ from autoenc.models import (
     LossOutput,
     Posterior,
     VAEOutput,
+    VQVAEOutput,
     iwae_bound,
     iwae_terms,
 )
-from autoenc.networks import ConvDecoder, ConvEncoder, Decoder, Encoder, VectorQuantizer, mlp
+from autoenc.networks import (
+    ConvDecoder,
+    ConvEncoder,
+    Decoder,
+    Encoder,
+    Quantized,
+    VectorQuantizer,
+    mlp,
+)
 from autoenc.pictures import ImageSnapshots, TensorBoardDashboard, VisdomDashboard
 from autoenc.training import (
     Callback,
@@ -66,12 +76,15 @@ __all__ = [
     "ConvEncoder",
     "ConvDecoder",
     "VectorQuantizer",
+    "Quantized",
     # models and their outputs
     "Autoencoder",
     "GaussianVAE",
+    "VQVAE",
     "LossOutput",
     "AEOutput",
     "VAEOutput",
+    "VQVAEOutput",
     "Posterior",
     "IWAETerms",
     "iwae_terms",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from autoenc.models.autoencoder import Autoencoder
 from autoenc.models.base import AEOutput, LossOutput, Posterior, ReconstructionModel, VAEOutput
 from autoenc.models.vae import GaussianVAE, IWAETerms, iwae_bound, iwae_terms
+from autoenc.models.vqvae import VQVAE, VQVAEOutput
 
 __all__ = [
     "MODELS",
@@ -20,6 +21,8 @@ __all__ = [
     "IWAETerms",
     "Autoencoder",
     "GaussianVAE",
+    "VQVAE",
+    "VQVAEOutput",
     "iwae_terms",
     "iwae_bound",
 ]
@@ -28,4 +31,5 @@ __all__ = [
 MODELS: dict[str, type[ReconstructionModel]] = {
     "Autoencoder": Autoencoder,
     "GaussianVAE": GaussianVAE,
+    "VQVAE": VQVAE,
 }

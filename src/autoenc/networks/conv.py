@@ -5,6 +5,10 @@ They compose like :class:`~autoenc.Encoder` and :class:`~autoenc.Decoder`: the e
 maps ``(b, in_features)`` to ``(b, C, H, W)``. Both keep their plain arguments in ``config``, so a
 model built from them saves and loads without pickled code.
 
+For a :class:`~autoenc.VQVAE` both can work on the last grid instead of a vector:
+``ConvEncoder(..., out_channels=D)`` ends in a 1x1 convolution to ``(b, D, h, w)`` and
+``ConvDecoder(None, ..., in_channels=D)`` starts from such a grid.
+
 Each stage halves the height and the width, rounding up, so any image size works (28x28 goes
 14x14, 7x7, 4x4). The decoder computes the same sizes from its ``out_shape`` and sets each
 transposed convolution's ``output_padding`` to land on them, so its output is never cropped.
@@ -31,6 +35,19 @@ _NORMS = ("batch", "group")
 
 def _is_positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _one_of(width: Any, width_arg: str, channels: Any, channels_arg: str) -> None:
+    """Exactly one of a vector width and a grid's channels, a positive int."""
+    if (width is None) == (channels is None):
+        raise ValueError(
+            f"give one of {width_arg} (a vector) and {channels_arg} (a grid), got "
+            f"{width_arg}={width!r}, {channels_arg}={channels!r}"
+        )
+    if width is None:
+        check_int(channels, channels_arg)
+    else:
+        check_int(width, width_arg)
 
 
 def _image_shape(shape: Any, arg: str) -> tuple[int, int, int]:
@@ -142,28 +159,39 @@ class ConvEncoder(nn.Module):
 
     Each stage is ``Conv2d(stride=2) -> [norm] -> activation`` followed by ``blocks_per_stage``
     residual blocks; the last grid is flattened into the ``Linear``. The input may also be
-    already flat, ``(b, C * H * W)``. ``sizes`` lists the grid before and after each stage.
+    already flat, ``(b, C * H * W)``. ``sizes`` lists the grid before and after each stage;
+    ``out_shape`` is the shape of one output, ``(out_features,)``.
+
+    With ``out_channels`` instead of ``out_features`` a 1x1 convolution replaces the flatten and
+    the ``Linear``: the output is the last grid, ``(b, out_channels, h, w)`` (a
+    :class:`~autoenc.VQVAE`'s encoder), and ``out_shape`` is ``(out_channels, h, w)``.
 
     Args:
         in_shape: Shape of one image, ``(C, H, W)``; any height and width.
         channels: Output channels of each stage, e.g. ``[32, 64]``.
-        out_features: Output width (``2 * latent_dim`` for a :class:`~autoenc.GaussianVAE`).
+        out_features: Output width (``2 * latent_dim`` for a :class:`~autoenc.GaussianVAE`);
+            ``None`` with ``out_channels``.
+        out_channels: Channels of a grid output instead (give one of the two).
         blocks_per_stage: Residual blocks after each stage's downsampling.
         norm: ``"batch"``, ``"group"`` or ``None``: normalization after each convolution.
         groups: Number of groups for ``norm="group"``; must divide every entry of ``channels``.
-        activation: Hidden activation name (see ``autoenc.networks.ACTIVATIONS``).
+        activation: Hidden activation name (a key of ``autoenc.networks.ACTIVATIONS``).
         kernel_size: Odd kernel size of every convolution.
-        final_activation: Activation after the ``Linear`` (``None`` for none).
+        final_activation: Activation after the ``Linear`` or the 1x1 convolution (``None`` for
+            none).
 
     Raises:
-        ValueError: On a bad argument, or more stages than the image size allows (a stage needs
-            at least 2 pixels on each side).
+        ValueError: On a bad argument, both or neither of ``out_features`` and ``out_channels``,
+            or more stages than the image size allows (a stage needs at least 2 pixels on each
+            side).
 
     Example:
         >>> import torch
         >>> enc = ConvEncoder((1, 28, 28), [32, 64], 20)
         >>> enc(torch.zeros(5, 1, 28, 28)).shape, enc.sizes
         (torch.Size([5, 20]), [(28, 28), (14, 14), (7, 7)])
+        >>> ConvEncoder((1, 28, 28), [32, 64], out_channels=16).out_shape
+        (16, 7, 7)
 
         Count the parameters with ``sum(p.numel() for p in enc.parameters())``; for one stage of
         4 channels on 8x8 images, a 3x3 convolution and a ``Linear`` from the 4x4 grid:
@@ -177,8 +205,9 @@ class ConvEncoder(nn.Module):
         self,
         in_shape: Sequence[int],
         channels: Sequence[int],
-        out_features: int,
+        out_features: int | None = None,
         *,
+        out_channels: int | None = None,
         blocks_per_stage: int = 0,
         norm: str | None = None,
         groups: int = 8,
@@ -192,7 +221,8 @@ class ConvEncoder(nn.Module):
         opts = _check_options(
             chans, blocks_per_stage, norm, groups, activation, kernel_size, final_activation
         )
-        self.out_features = check_int(out_features, "out_features")
+        _one_of(out_features, "out_features", out_channels, "out_channels")
+        self.out_features, self.out_channels = out_features, out_channels
         c, h, w = self.in_shape
         self.in_features = c * h * w
         self.sizes = _stage_sizes(h, w, len(chans))
@@ -204,8 +234,13 @@ class ConvEncoder(nn.Module):
             layers += [down, *_norm_act(c_out, opts)]  # (b, c_out, ceil(h / 2), ceil(w / 2))
             layers += [_ResidualBlock(c_out, opts) for _ in range(blocks_per_stage)]
         h_last, w_last = self.sizes[-1]
-        layers.append(Rearrange("b c h w -> b (c h w)"))  # (b, c * h * w)
-        layers.append(nn.Linear(chans[-1] * h_last * w_last, out_features))  # (b, out_features)
+        if out_channels is None:
+            self.out_shape: tuple[int, ...] = (out_features,)
+            layers.append(Rearrange("b c h w -> b (c h w)"))  # (b, c * h * w)
+            layers.append(nn.Linear(chans[-1] * h_last * w_last, out_features))  # (b, out)
+        else:
+            self.out_shape = (out_channels, h_last, w_last)
+            layers.append(nn.Conv2d(chans[-1], out_channels, 1))  # (b, out_channels, h, w)
         if final_activation is not None:
             layers.append(ACTIVATIONS[final_activation]())
         self.net = nn.Sequential(*layers)
@@ -214,6 +249,8 @@ class ConvEncoder(nn.Module):
             "in_shape": list(self.in_shape),
             "channels": list(chans),
             "out_features": out_features,
+            # only when set, so configs of linear heads read as before
+            **({} if out_channels is None else {"out_channels": out_channels}),
             **opts,
         }
 
@@ -224,7 +261,7 @@ class ConvEncoder(nn.Module):
             x: ``(b, C, H, W)``, or already flat ``(b, C * H * W)``.
 
         Returns:
-            ``(b, out_features)``.
+            ``(b, out_features)``, or ``(b, out_channels, h, w)``.
 
         Raises:
             ValueError: If ``x`` has neither shape.
@@ -248,28 +285,38 @@ class ConvDecoder(nn.Module):
     residual blocks then ``ConvTranspose2d(stride=2) -> [norm] -> activation``. The grid
     sizes are the encoder's for ``out_shape``, in reverse (``sizes``), so the output is exactly
     ``(C, H, W)``. The last convolution emits the likelihood's parameters, with no activation by
-    default (logits, as the Bernoulli likelihoods expect).
+    default (logits, as the Bernoulli likelihoods expect). ``in_shape`` is the shape of one
+    input, ``(in_features,)``.
+
+    With ``in_features=None`` and ``in_channels`` the input is the smallest grid itself,
+    ``(b, in_channels, h, w)`` (a :class:`~autoenc.VQVAE`'s decoder): a convolution replaces the
+    ``Linear``, and ``in_shape`` is ``(in_channels, h, w)``.
 
     Args:
-        in_features: Input (latent) width.
+        in_features: Input (latent) width; ``None`` with ``in_channels``.
         channels: Input channels of each stage, smallest grid first, e.g. ``[64, 32]``.
         out_shape: Shape of one image, ``(C, H, W)``; any height and width.
         blocks_per_stage: Residual blocks before each stage's upsampling.
         norm: ``"batch"``, ``"group"`` or ``None``: normalization after each upsampling.
         groups: Number of groups for ``norm="group"``; must divide every entry of ``channels``.
-        activation: Hidden activation name (see ``autoenc.networks.ACTIVATIONS``).
+        activation: Hidden activation name (a key of ``autoenc.networks.ACTIVATIONS``).
         kernel_size: Odd kernel size of every convolution.
         final_activation: Activation after the last convolution: ``None`` for logits,
             ``"sigmoid"`` for pixel intensities.
+        in_channels: Channels of a grid input instead of ``in_features`` (give one of the two).
 
     Raises:
-        ValueError: On a bad argument, or more stages than the image size allows.
+        ValueError: On a bad argument, both or neither of ``in_features`` and ``in_channels``,
+            or more stages than the image size allows.
 
     Example:
         >>> import torch
         >>> dec = ConvDecoder(10, [64, 32], (1, 28, 28))
         >>> dec(torch.zeros(5, 10)).shape, dec.sizes
         (torch.Size([5, 1, 28, 28]), [(7, 7), (14, 14), (28, 28)])
+        >>> grid = ConvDecoder(None, [64, 32], (1, 28, 28), in_channels=16)
+        >>> grid.in_shape, grid(torch.zeros(5, 16, 7, 7)).shape
+        ((16, 7, 7), torch.Size([5, 1, 28, 28]))
 
         Count the parameters with ``sum(p.numel() for p in dec.parameters())``; for one stage of
         4 channels to 8x8 images: a ``Linear`` to the 4x4 grid, a 3x3 transposed convolution and
@@ -283,7 +330,7 @@ class ConvDecoder(nn.Module):
 
     def __init__(
         self,
-        in_features: int,
+        in_features: int | None,
         channels: Sequence[int],
         out_shape: Sequence[int],
         *,
@@ -293,6 +340,7 @@ class ConvDecoder(nn.Module):
         activation: str = "relu",
         kernel_size: int = 3,
         final_activation: str | None = None,
+        in_channels: int | None = None,
     ) -> None:
         super().__init__()
         self.out_shape = _image_shape(out_shape, "out_shape")
@@ -300,15 +348,21 @@ class ConvDecoder(nn.Module):
         opts = _check_options(
             chans, blocks_per_stage, norm, groups, activation, kernel_size, final_activation
         )
-        self.in_features = check_int(in_features, "in_features")
+        _one_of(in_features, "in_features", in_channels, "in_channels")
+        self.in_features, self.in_channels = in_features, in_channels
         c, h, w = self.out_shape
         self.sizes = _stage_sizes(h, w, len(chans))[::-1]
         h0, w0 = self.sizes[0]
-        layers: list[nn.Module] = [
-            nn.Linear(in_features, chans[0] * h0 * w0),  # (b, c0 * h0 * w0)
-            Rearrange("b (c h w) -> b c h w", c=chans[0], h=h0, w=w0),  # (b, c0, h0, w0)
-            ACTIVATIONS[activation](),
-        ]
+        if in_channels is None:
+            self.in_shape: tuple[int, ...] = (in_features,)
+            layers: list[nn.Module] = [
+                nn.Linear(in_features, chans[0] * h0 * w0),  # (b, c0 * h0 * w0)
+                Rearrange("b (c h w) -> b c h w", c=chans[0], h=h0, w=w0),  # (b, c0, h0, w0)
+            ]
+        else:
+            self.in_shape = (in_channels, h0, w0)
+            layers = [nn.Conv2d(in_channels, chans[0], kernel_size, padding=kernel_size // 2)]
+        layers.append(ACTIVATIONS[activation]())
         for c_in, c_out, (h_out, w_out) in zip(
             chans, (*chans[1:], chans[-1]), self.sizes[1:], strict=True
         ):
@@ -331,22 +385,24 @@ class ConvDecoder(nn.Module):
             "channels": list(chans),
             "out_shape": list(self.out_shape),
             **opts,
+            **({} if in_channels is None else {"in_channels": in_channels}),
         }
 
     def forward(self, z: Tensor) -> Tensor:
         """Map ``z`` to images.
 
         Args:
-            z: ``(b, in_features)``.
+            z: ``(b, in_features)``, or the grid ``(b, in_channels, h, w)``.
 
         Returns:
             ``(b, C, H, W)``.
 
         Raises:
-            ValueError: If ``z`` is not ``(b, in_features)``.
+            ValueError: If ``z`` is not ``(b, *in_shape)``.
         """
-        if z.dim() != 2 or z.shape[1] != self.in_features:
+        if tuple(z.shape[1:]) != self.in_shape:
             raise ValueError(
-                f"ConvDecoder expects input of shape (b, {self.in_features}), got {tuple(z.shape)}"
+                f"ConvDecoder expects input of shape (b, {', '.join(map(str, self.in_shape))}), "
+                f"got {tuple(z.shape)}"
             )
         return self.net(z)

@@ -67,7 +67,9 @@ class Frames:
         return n if n > self.last else None
 
     def samples_from(self, model: nn.Module) -> bool:
-        return self.n_samples > 0 and callable(getattr(model, "sample", None))
+        # a VQ-VAE samples only once a prior over its codes is fitted (has_prior)
+        can_sample = callable(getattr(model, "sample", None)) and getattr(model, "has_prior", True)
+        return self.n_samples > 0 and can_sample
 
     def check(self, model: nn.Module, owner: str) -> None:
         if self.x is None and not self.samples_from(model):
