@@ -30,6 +30,7 @@ from autoenc.likelihoods import (
 from autoenc.models import (
     AEOutput,
     Autoencoder,
+    ConditionalVAE,
     GaussianVAE,
     IWAETerms,
     LossOutput,
@@ -66,6 +67,7 @@ __all__ = [
     # models and their outputs
     "Autoencoder",
     "GaussianVAE",
+    "ConditionalVAE",
     "LossOutput",
     "AEOutput",
     "VAEOutput",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from autoenc.pictures.dashboards import ImageSnapshots, TensorBoardDashboard, VisdomDashboard
 from autoenc.pictures.grids import (
     as_images,
+    class_grid,
     image_grid,
     interpolate,
     prior_grid,
@@ -30,6 +31,7 @@ __all__ = [
     "prior_samples",
     "reconstruction_grid",
     "prior_grid",
+    "class_grid",
     "interpolate",
     "traverse",
     "latent_scatter",
