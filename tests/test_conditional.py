@@ -596,5 +596,21 @@ def test_two_ranks_train_a_conditional_model_like_one_process(tmp_path):
         assert torch.equal(value, ranks[1]["cvae"][key]), key
 
 
+@pytest.mark.slow
+def test_the_example_trains_and_draws_the_class_grid(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    root = Path(os.environ.get("AUTOENC_DATA", repo.parent / "shared" / "data"))
+    if not (root / "MNIST").is_dir():
+        pytest.skip(f"no MNIST under {root}")
+    cmd = [sys.executable, str(repo / "examples" / "mnist_cvae.py"), "--data-root", str(root)]
+    cmd += ["--epochs", "1", "--max-batches", "2", "--iw-samples", "2", "--out", str(tmp_path)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "test/nll_nats_k2" in run.stdout
+    assert (tmp_path / "class_grid.png").stat().st_size > 0
+    loaded = autoenc.load(tmp_path / "model.pt")
+    assert isinstance(loaded, ConditionalVAE) and loaded.num_classes == 10
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["ddp"]:
     _ddp_worker(Path(sys.argv[2]), sys.argv[3])

@@ -136,7 +136,7 @@ def _probe(
             if callable(check_input):  # the whole first batch, values too: once, off the loop
                 check_input(x, values=True)
             if y and callable(check_condition):
-                check_condition(y[0], x.shape[0])
+                check_condition(y[0], x.shape[0], values=True)
             x, y = x[:2], [t[:2] for t in y]
             with eval_mode(model), torch.set_grad_enabled(find_unused), autocast(precision, device):
                 out = model.loss(x, *y)
