@@ -127,11 +127,10 @@ class ConditionalVAE(ReconstructionModel):
             )
         if embedding_dim is not None and num_classes is None:
             raise ValueError("embedding_dim= embeds class indices: it needs num_classes=")
-        for name, value in (("num_classes", num_classes), ("embedding_dim", embedding_dim)):
+        sizes = {"num_classes": num_classes, "embedding_dim": embedding_dim}
+        for name, value in {**sizes, "condition_dim": condition_dim}.items():
             if value is not None:
                 check_int(value, name)
-        if condition_dim is not None:
-            check_int(condition_dim, "condition_dim")
         check_choice(prior, _PRIORS, "prior")
         check_choice(reduction, REDUCTIONS, "reduction")
         low, high = (float(v) for v in logvar_clamp)
@@ -196,13 +195,10 @@ class ConditionalVAE(ReconstructionModel):
         return c.to(model_dtype(self))
 
     def _conditions(self, c: Any, n: int, device: torch.device) -> Tensor:
-        """``sample``'s ``c`` (an int, a sequence, one vector or a batch) as ``n`` conditions."""
-        if self.num_classes is not None and isinstance(c, int):
-            return torch.full((n,), c, dtype=torch.long, device=device)
+        """``sample``'s ``c`` (one class or vector for all, or one per sample) as ``n``."""
         c = torch.as_tensor(c, device=device)
-        if self.num_classes is None and c.dim() == 1:
-            c = repeat(c, "d -> n d", n=n)
-        return c
+        one = c.dim() == (0 if self.num_classes is not None else 1)
+        return repeat(c, "... -> n ...", n=n) if one else c
 
     def _prior(self, h: Tensor) -> tuple[Tensor | None, Tensor | None]:
         if self.prior_net is None:
