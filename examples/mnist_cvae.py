@@ -5,9 +5,9 @@
 
 A Bernoulli ConditionalVAE on dynamically binarized MNIST with the widths of the library's
 recommended VAE (784-512-512, 32 latents, mirrored decoder), each network 10 inputs wider for
-the one-hot class; trained like the recipe: batch 128, Adam 1e-3 decayed to 0 by a per-step
-cosine, a KL warm-up over the first 10% of the steps. The labels go to the model because the
-data is an (images, labels) pair and the model is conditional.
+the one-hot class, and a learned prior p(z | c); trained like the recipe: batch 128, Adam 1e-3
+decayed to 0 by a per-step cosine, a KL warm-up over the first 10% of the steps. The labels go
+to the model because the data is an (images, labels) pair and the model is conditional.
 
 Writes ``classes_epochNNN.png`` (one row per digit, every --every epochs), ``class_grid.png``,
 ``model.pt`` and ``metrics.json`` to ``--out``.
@@ -67,13 +67,15 @@ def main() -> None:
     y = train.labels[: len(x)]
     test_x = dynamic_binarize(test.images, generator=torch.Generator().manual_seed(args.seed))
 
-    # model: the condition is concatenated to the flat image and to z, hence the "+ 10"
+    # model: the condition is concatenated to the flat image and to z, hence the "+ 10"; the
+    # learned prior p(z | c) keeps the samples of a class where that class's codes lie
     torch.manual_seed(args.seed)
     model = ConditionalVAE(
         Encoder(784 + 10, HIDDEN, 2 * LATENT),
         Decoder(LATENT + 10, HIDDEN[::-1], IMAGE),
         LATENT,
         num_classes=10,
+        prior="learned",
     )
 
     # callbacks: KL warm-up over the first 10% of the steps, class grids as training goes
