@@ -13,6 +13,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,6 +23,11 @@ from autoenc.data import DatasetNotFoundError, mnist_or_sample
 # What an example writes into its folder: removed from an --out folder before a new run.
 EXAMPLE_FILES = (
     "recon_epoch*.png",
+    "classes_epoch*.png",
+    "class_grid.png",
+    "codebook_usage.png",
+    "prior_samples.png",
+    "history.csv",
     "samples_epoch*.png",
     "reconstructions.png",
     "loss.png",
@@ -144,6 +150,13 @@ def run_folder(out: str | os.PathLike[str] | None, runs: str, *, keep: bool = Fa
 
 def load_mnist(args: argparse.Namespace, *, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 training and test images, the training set cut to ``--max-batches`` batches."""
+    train, test = load_mnist_with_labels(args, batch_size=batch_size)
+    return train.images, test.images
+
+
+def load_mnist_with_labels(args: argparse.Namespace, *, batch_size: int) -> tuple[Any, Any]:
+    """The training and test ``MNISTData`` (images and labels), the training set cut to
+    ``--max-batches`` batches."""
     # Only the default cache folder falls back to the shipped sample (with one warning); a
     # --data-root or AUTOENC_DATA that holds no MNIST is an error.
     try:
@@ -151,8 +164,9 @@ def load_mnist(args: argparse.Namespace, *, batch_size: int) -> tuple[torch.Tens
     except DatasetNotFoundError as err:
         sys.exit(str(err))
     if args.max_batches is not None:
-        return train.images[: args.max_batches * batch_size], test.images
-    return train.images, test.images
+        n = args.max_batches * batch_size
+        train = type(train)(train.images[:n], train.labels[:n])
+    return train, test
 
 
 class SlowEpochHint(Callback):

@@ -6,28 +6,23 @@
 Reports the test MSE per pixel of the reconstructions, the fraction of codes the test images
 use, and how well the simple prior (an independent categorical per grid position, fitted on
 the training tokens) predicts the test tokens, in bits per token against a uniform prior's
-log2(K). Writes to --out: recon_epochNNN.png (test images over their reconstructions),
-codebook_usage.png (test tokens per code; needs matplotlib), prior_samples.png, history.csv,
-metrics.json and model.pt.
+log2(K). Writes to a new folder runs/vqvae/version_N (or --out): recon_epochNNN.png (test
+images over their reconstructions), codebook_usage.png (test tokens per code; needs
+matplotlib), prior_samples.png, history.csv, metrics.json and model.pt.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-from pathlib import Path
 
+import _cli as cli  # options, data flags, run folders: what is not about autoenc
 import torch
 
 from autoenc import VQVAE, ConvDecoder, ConvEncoder, CSVLogger, VectorQuantizer, fit, save
-from autoenc.data import mnist_or_sample
 from autoenc.pictures import ImageSnapshots, prior_grid, save_image
 
-p = argparse.ArgumentParser(
-    description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-)
-p.add_argument("--epochs", type=int, default=3, help="epochs to train")
+p = cli.parser(__doc__, runs="runs/vqvae", epochs=3)
 p.add_argument("--batch-size", type=int, default=128, help="examples per training step")
 p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
 p.add_argument("--codes", type=int, default=512, help="codebook size K")
@@ -35,24 +30,11 @@ p.add_argument("--code-dim", type=int, default=16, help="size D of each code")
 p.add_argument(
     "--restart-after", type=int, default=5, help="move codes unused for this many steps (0: never)"
 )
-p.add_argument("--max-batches", type=int, default=None, help="train on the first N batches only")
-p.add_argument(
-    "--data-root",
-    default=None,
-    help="folder holding MNIST/raw (default: $AUTOENC_DATA, then the cache, then the MNIST "
-    "sample shipped with autoenc)",
-)
-p.add_argument("--out", default="runs/vqvae", help="folder for the pictures, model and metrics")
-p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-p.add_argument("--seed", type=int, default=0, help="seed of the weights, data order and samples")
-args = p.parse_args()
-out = Path(args.out)
+args = cli.parse(p)
+out = cli.run_folder(args.out, "runs/vqvae")
 
 # --- data: uint8 images (n, 1, 28, 28); fit and the model's methods scale them to [0, 1]
-(train, test), _ = mnist_or_sample(args.data_root, hint="--data-root DIR")
-train_x, test_x = train.images, test.images
-if args.max_batches is not None:
-    train_x = train_x[: args.max_batches * args.batch_size]
+train_x, test_x = cli.load_mnist(args, batch_size=args.batch_size)
 
 # --- model: a 7x7 grid of D-dim vectors, each replaced by the nearest of K codes
 torch.manual_seed(args.seed)
@@ -67,7 +49,8 @@ print(model)
 # --- training: the progress bar and history.csv show the codebook's perplexity and usage
 callbacks = [
     CSVLogger(out),
-    ImageSnapshots(out, test_x[:32], n_samples=0),  # no prior to sample from until after fit
+    ImageSnapshots(out, test_x[:32], every_n_epochs=args.every),  # samples once it has a prior
+    cli.SlowEpochHint(),
 ]
 fit(
     model,
@@ -98,7 +81,6 @@ metrics = {
     "uniform_bits_per_token": math.log2(args.codes),
 }
 print(json.dumps(metrics, indent=2))
-out.mkdir(parents=True, exist_ok=True)
 (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 # --- pictures: the codebook's usage, and samples from the per-position prior
@@ -108,7 +90,7 @@ try:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 except ImportError:
-    print("matplotlib is not installed: no codebook_usage.png (pip install 'autoenc[plot]')")
+    print('matplotlib is not installed: no codebook_usage.png (pip install ".[plot]")')
 else:
     fig, ax = plt.subplots(figsize=(8, 3))
     order = code_hist.sort(descending=True).values
@@ -119,4 +101,4 @@ else:
     fig.savefig(out / "codebook_usage.png", dpi=100)
 save_image(prior_grid(model, 64, seed=args.seed), out / "prior_samples.png")
 save(model, out / "model.pt")
-print(f"wrote {out}/")
+cli.print_files(out)

@@ -1,10 +1,11 @@
 """Turning training data into batches of float tensors on the training device.
 
-:func:`make_batches` accepts a tensor, an ``(x, y)`` pair (labels are dropped), a
-``TensorDataset`` (or a ``Subset`` of one), a NumPy array, any map-style ``Dataset`` or a
-``DataLoader``, and returns a :class:`Batches` object that yields ``x`` only, as a float tensor
-on the device: ``uint8`` pixels are scaled to ``[0, 1]``, ``bool`` becomes ``0.``/``1.``,
-floating-point data keeps its dtype.
+:func:`make_batches` accepts a tensor, an ``(x, y)`` pair, a ``TensorDataset`` (or a ``Subset``
+of one), a NumPy array, any map-style ``Dataset`` or a ``DataLoader``, and returns a
+:class:`Batches` object that yields ``x`` as a float tensor on the device: ``uint8`` pixels are
+scaled to ``[0, 1]``, ``bool`` becomes ``0.``/``1.``, floating-point data keeps its dtype. Labels
+are dropped, or with ``labels=True`` (for a conditional model) every batch is an ``(x, y)`` pair
+whose ``y`` is moved to the device as it is and taken in the same order as ``x``.
 
 Tensors take a fast path: the whole set stays in memory (moved to the training device once when
 it fits there, kept ``uint8`` until each batch is converted), and an epoch is one seeded
@@ -75,6 +76,23 @@ def _first(item: Any) -> Any:
     return item
 
 
+def _second(item: Any, what: str) -> Any:
+    """``y`` of an ``(x, y, ...)`` item or batch, or a ``ValueError`` naming what came instead."""
+    if not (isinstance(item, (tuple, list)) and len(item) >= 2):
+        kind = f"a {len(item)}-tuple" if isinstance(item, (tuple, list)) else type(item).__name__
+        raise ValueError(
+            f"labels=True (a conditional model) needs {what} that are (x, y) pairs, got {kind}"
+        )
+    return item[1]
+
+
+def _stack_labels(ys: list[Any]) -> Tensor:
+    """The labels of one batch as one tensor: ints, floats, NumPy values or tensors."""
+    if all(isinstance(y, Tensor) for y in ys):
+        return torch.stack(ys)
+    return torch.as_tensor(ys if type(ys[0]).__module__ != "numpy" else [y.tolist() for y in ys])
+
+
 def _item_tensor(item: Any) -> Tensor:
     """One dataset item as a tensor: PIL images become ``(c, h, w)`` uint8 as ``ToTensor`` does."""
     x = _first(item)
@@ -101,17 +119,19 @@ def _fits_on(x: Tensor, device: torch.device) -> bool:
     return x.numel() * x.element_size() <= free // 2
 
 
-def _tensor_of(data: Any) -> Tensor | None:
-    """The ``x`` tensor of data that can take the fast path, or ``None``."""
+def _tensor_of(data: Any) -> tuple[Tensor, Tensor | None] | None:
+    """The ``x`` tensor of data that can take the fast path and its labels (``None`` when it
+    has none), or ``None``."""
     if isinstance(data, Tensor):
-        return data
+        return data, None
     if type(data).__module__ == "numpy" and hasattr(data, "shape"):
-        return torch.from_numpy(data)
+        return torch.from_numpy(data), None
     if isinstance(data, TensorDataset):
-        return data.tensors[0]
+        return data.tensors[0], data.tensors[1] if len(data.tensors) > 1 else None
     if isinstance(data, Subset) and isinstance(data.dataset, TensorDataset):
         indices = torch.as_tensor(list(data.indices), dtype=torch.long)
-        return data.dataset.tensors[0].index_select(0, indices)
+        tensors = [t.index_select(0, indices) for t in data.dataset.tensors[:2]]
+        return tensors[0], tensors[1] if len(tensors) > 1 else None
     if isinstance(data, (tuple, list)) and data and isinstance(data[0], Tensor):
         if not (isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], Tensor)):
             raise TypeError(
@@ -124,7 +144,7 @@ def _tensor_of(data: Any) -> Tensor | None:
                 "the tensors of an (x, y) pair must have the same length (first dimension), got "
                 f"shapes {[tuple(t.shape) for t in data]}"
             )
-        return data[0]
+        return data[0], data[1]
     return None
 
 
@@ -133,12 +153,14 @@ def _tensor_of(data: Any) -> Tensor | None:
 
 
 class Batches:
-    """Batches of ``x`` for one rank: iterate for one epoch; :meth:`set_epoch` picks the order.
+    """Batches of ``x`` (or ``(x, y)`` pairs) for one rank: iterate for one epoch;
+    :meth:`set_epoch` picks the order.
 
     Attributes:
         batch_size: Examples per batch (the last one may be smaller unless ``drop_last``).
         device: Where the batches are.
         seed: The seed of the shuffle (the order of epoch ``e`` uses ``seed + e``), or ``None``.
+        labels: Whether every batch is an ``(x, y)`` pair.
     """
 
     batch_size: int
@@ -146,6 +168,7 @@ class Batches:
     seed: int | None = None
     transform: Callable[[Tensor], Tensor] | None = None
     dtype: torch.dtype | None = None  # floating-point data is cast to it (None: kept as it is)
+    labels: bool = False
 
     def __init__(self) -> None:
         self.epoch, self._skip = 0, 0
@@ -181,13 +204,15 @@ class Batches:
     def __len__(self) -> int:
         raise NotImplementedError
 
-    def __iter__(self) -> Iterator[Tensor]:
+    def __iter__(self) -> Iterator[Tensor | tuple[Tensor, Tensor]]:
         skip, self._skip = self._skip, 0
         epoch, self.epoch = self.epoch, self.epoch + 1
-        for x in self._epoch_batches(epoch, skip):
-            yield x if self.transform is None else self.transform(x)
+        for x, y in self._epoch_batches(epoch, skip):
+            if self.transform is not None:
+                x = self.transform(x)
+            yield (x, y) if self.labels else x
 
-    def _epoch_batches(self, epoch: int, skip: int) -> Iterator[Tensor]:
+    def _epoch_batches(self, epoch: int, skip: int) -> Iterator[tuple[Tensor, Tensor | None]]:
         raise NotImplementedError
 
 
@@ -207,8 +232,10 @@ class _IndexedBatches(Batches):
         rank: int,
         world_size: int,
         equal_batches: bool,
+        labels: bool,
     ) -> None:
         super().__init__()
+        self.labels = labels
         self.n, self.batch_size, self.shuffle, self.device = n, batch_size, shuffle, device
         self.drop_last, self.transform, self.rank, self.world_size = (
             drop_last,
@@ -280,18 +307,28 @@ class _IndexedBatches(Batches):
 class TensorBatches(_IndexedBatches):
     """The fast path: one in-memory tensor gathered batch by batch with a seeded permutation."""
 
-    def __init__(self, x: Tensor, **kwargs: Any) -> None:
+    def __init__(self, x: Tensor, y: Tensor | None = None, **kwargs: Any) -> None:
         if x.dim() == 0 or x.shape[0] == 0:
             raise ValueError(f"data is empty: got a tensor of shape {tuple(x.shape)}")
         _check_dtype(x, "data")
         super().__init__(x.shape[0], **kwargs)
+        if self.labels and y is None:
+            raise ValueError(
+                "labels=True (a conditional model) needs data with labels: an (x, y) pair of "
+                "tensors, a TensorDataset(x, y), a Dataset of (x, y) items or a DataLoader of "
+                "(x, y) batches; got a tensor of examples alone"
+            )
         self.x = x.to(self.device) if _fits_on(x, self.device) else x
+        # the labels sit beside x, so one index picks both
+        self.y = y.to(self.x.device) if self.labels and y is not None else None
 
-    def _epoch_batches(self, epoch: int, skip: int) -> Iterator[Tensor]:
+    def _epoch_batches(self, epoch: int, skip: int) -> Iterator[tuple[Tensor, Tensor | None]]:
         order = self._indices(epoch).to(self.x.device, non_blocking=True)
         for b in range(skip, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            yield to_float(self.x.index_select(0, idx), self.device, dtype=self.dtype)
+            x = to_float(self.x.index_select(0, idx), self.device, dtype=self.dtype)
+            y = None if self.y is None else self.y.index_select(0, idx).to(self.device)
+            yield x, y
 
 
 class DatasetBatches(_IndexedBatches):
@@ -304,21 +341,27 @@ class DatasetBatches(_IndexedBatches):
         super().__init__(n, **kwargs)
         self.dataset = dataset
 
-    def _epoch_batches(self, epoch: int, skip: int) -> Iterator[Tensor]:
+    def _epoch_batches(self, epoch: int, skip: int) -> Iterator[tuple[Tensor, Tensor | None]]:
         order = self._indices(epoch).tolist()
         for b in range(skip, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            items = [_item_tensor(self.dataset[i]) for i in idx]
+            raw = [self.dataset[i] for i in idx]
+            items = [_item_tensor(item) for item in raw]
             try:
                 x = torch.stack(items)
             except RuntimeError as err:
                 shapes = sorted({tuple(t.shape) for t in items})
                 raise ValueError(f"dataset items differ in shape: {shapes}") from err
-            yield to_float(x, self.device, dtype=self.dtype)
+            y = None
+            if self.labels:
+                y = _stack_labels([_second(item, "dataset items") for item in raw])
+                y = y.to(self.device)
+            yield to_float(x, self.device, dtype=self.dtype), y
 
 
 class LoaderBatches(Batches):
-    """A ``DataLoader`` used as it is; only ``x`` of each batch is kept and converted.
+    """A ``DataLoader`` used as it is; ``x`` of each batch is converted (and ``y`` kept with
+    ``labels``).
 
     Its iterator draws from torch's global generator when it starts (a ``RandomSampler``'s
     order, the workers' base seed), as in a plain training loop. To continue an epoch after
@@ -334,9 +377,11 @@ class LoaderBatches(Batches):
         *,
         device: torch.device,
         transform: Callable[[Tensor], Tensor] | None,
+        labels: bool = False,
     ) -> None:
         super().__init__()
         self.loader, self.device, self.transform = loader, device, transform
+        self.labels = labels
         self.batch_size = loader.batch_size or 0
         self._replay: Tensor | None = None
         try:
@@ -393,7 +438,7 @@ class LoaderBatches(Batches):
                 np.random.set_state(saved[2])
         return batches
 
-    def _epoch_batches(self, epoch: int, skip: int) -> Iterator[Tensor]:
+    def _epoch_batches(self, epoch: int, skip: int) -> Iterator[tuple[Tensor, Tensor | None]]:
         replay, self._replay = self._replay, None
         batches: Any = self.loader
         if replay is not None:
@@ -407,7 +452,10 @@ class LoaderBatches(Batches):
                     "a DataLoader batch must be a tensor or a tuple/list starting with one, got "
                     f"{type(x).__name__}"
                 )
-            yield to_float(x, self.device, dtype=self.dtype)
+            y = None
+            if self.labels:
+                y = torch.as_tensor(_second(batch, "DataLoader batches")).to(self.device)
+            yield to_float(x, self.device, dtype=self.dtype), y
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,6 +474,7 @@ def make_batches(
     world_size: int = 1,
     equal_batches: bool = True,
     dtype: torch.dtype | None = None,
+    labels: bool = False,
 ) -> Batches:
     """Batches of ``x`` as float tensors on ``device``, from any supported kind of data.
 
@@ -433,7 +482,7 @@ def make_batches(
         data: A tensor ``(n, ...)``, a NumPy array, a tuple ``(x,)``/``(x, y)`` of tensors, a
             ``TensorDataset`` (or a ``Subset`` of one), a map-style ``Dataset`` (items ``x`` or
             ``(x, y, ...)``; PIL images are read like ``ToTensor`` does), or a ``DataLoader``.
-            Labels are dropped.
+            Labels are dropped unless ``labels``.
         batch_size: Examples per batch (ignored for a ``DataLoader``, which has its own).
         shuffle: Draw a new permutation every epoch (ignored for a ``DataLoader``).
         generator: Source of the shuffle's seed (one draw, at construction); the global torch
@@ -457,6 +506,9 @@ def make_batches(
             permutation, no example twice, and the ranks' batch counts may differ.
         dtype: Cast floating-point data to this dtype (a model's parameter dtype: NumPy's
             float64 arrays then train a float32 model); ``None`` keeps it.
+        labels: Yield ``(x, y)`` pairs (what a conditional model's ``loss(x, y)`` takes): ``y``
+            is the data's labels, moved to ``device`` without conversion, taken (and sharded)
+            exactly like ``x``; ``transform`` and ``dtype`` apply to ``x`` only.
 
     Returns:
         A :class:`Batches`: ``len()`` is the number of batches per epoch, iterating yields one
@@ -464,8 +516,9 @@ def make_batches(
 
     Raises:
         ValueError: Empty data, ``batch_size`` not a positive int, a bad ``rank``/``world_size``
-            or ``device``, tensors of different lengths in a tuple, or fewer examples than
-            ``world_size``.
+            or ``device``, tensors of different lengths in a tuple, fewer examples than
+            ``world_size``, or ``labels`` with data that has none (items and ``DataLoader``
+            batches are checked as they are read).
         TypeError: A kind of data it cannot read, a non-numeric dtype, or a ``transform`` that
             is not callable.
 
@@ -488,7 +541,9 @@ def make_batches(
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator)}")
     device = resolve_device(device)
     if isinstance(data, DataLoader):
-        batches: Batches = LoaderBatches(data, device=device, transform=transform)
+        batches: Batches = LoaderBatches(
+            data, device=device, transform=transform, labels=bool(labels)
+        )
     else:
         batches = _indexed(
             data,
@@ -501,15 +556,16 @@ def make_batches(
             rank=rank,
             world_size=world_size,
             equal_batches=bool(equal_batches),
+            labels=bool(labels),
         )
     batches.dtype = dtype
     return batches
 
 
 def _indexed(data: Any, **options: Any) -> _IndexedBatches:
-    x = _tensor_of(data)
-    if x is not None:
-        return TensorBatches(x, **options)
+    pair = _tensor_of(data)
+    if pair is not None:
+        return TensorBatches(*pair, **options)
     if isinstance(data, IterableDataset):
         raise TypeError("an IterableDataset has no random access: wrap it in a DataLoader")
     if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):

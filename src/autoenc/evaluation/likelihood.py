@@ -1,7 +1,8 @@
 r"""Evaluation a researcher can trust: marginal log-likelihood, the IWAE bound, latent diagnostics.
 
-* :func:`log_likelihood` estimates :math:`\log p(x)` of a :class:`~autoenc.GaussianVAE` by
-  importance sampling with the encoder as proposal (Burda et al., 2015),
+* :func:`log_likelihood` estimates :math:`\log p(x)` of a :class:`~autoenc.GaussianVAE` (or
+  :math:`\log p(x \mid c)` of a :class:`~autoenc.ConditionalVAE`) by importance sampling with
+  the encoder as proposal (Burda et al., 2015),
 
   .. math::
       \log p(x) \approx \log \frac1K \sum_{k=1}^K
@@ -161,11 +162,16 @@ def log_likelihood(
     ``likelihood=Gaussian(scale=0.5 ** 0.5)``, the density that squared error with ``beta=1``
     implies.
 
+    For a :class:`~autoenc.ConditionalVAE` the data's labels are the conditions and the
+    estimate is :math:`\log p(x \mid c)`, with :math:`q(z \mid x, c)` as proposal and the
+    model's prior :math:`p(z \mid c)`.
+
     Args:
-        model: A :class:`~autoenc.GaussianVAE`.
+        model: A :class:`~autoenc.GaussianVAE` or :class:`~autoenc.ConditionalVAE`.
         data: A tensor ``(n, ...)``, an ``(x, y)`` pair, a ``TensorDataset`` or anything
-            :func:`autoenc.data.make_batches` accepts; labels are ignored, ``uint8`` is
-            scaled to ``[0, 1]``.
+            :func:`autoenc.data.make_batches` accepts; labels are ignored (or, for a
+            conditional model, required: they are the conditions), ``uint8`` is scaled to
+            ``[0, 1]``.
         k: Importance samples per example (Burda et al. use 5000; 1000 is common).
         batch_size: Examples per encoder pass.
         chunk_size: Importance samples per decoder pass; ``None`` picks one so that a pass
@@ -182,9 +188,10 @@ def log_likelihood(
         ``bits_per_dim`` summaries.
 
     Raises:
-        TypeError: If ``model`` is not a GaussianVAE.
+        TypeError: If ``model`` is not a GaussianVAE or ConditionalVAE.
         ValueError: On non-positive ``k``, ``batch_size`` or ``chunk_size``, on both ``seed``
-            and ``generator``, on empty data or on the ``"mse"`` likelihood.
+            and ``generator``, on empty data, on a conditional model given data without
+            labels, or on the ``"mse"`` likelihood.
 
     Example:
         >>> from autoenc import Decoder, Encoder, GaussianVAE
@@ -208,6 +215,7 @@ def log_likelihood(
     rows = _ROWS_PER_PASS.get(torch.device(device).type, _ROWS_PER_PASS_DEFAULT)
     chunk = chunk_size or max(1, rows // batch_size)
     chunk = min(chunk, k)
+    conditional = getattr(model, "conditional", False) is True
 
     estimates: list[Tensor] = []
     dims, warned = 0, False
@@ -218,15 +226,17 @@ def log_likelihood(
             device=device,
             transform=transform,
             dtype=model_dtype(model),
+            labels=conditional,
         )
-        for x in _progress(batches, progress, "log p(x)"):
+        for batch in _progress(batches, progress, "log p(x)"):
+            x, c = batch if conditional else (batch, None)
             model.check_input(x)
             lik.check_target(x)
             if not warned and isinstance(lik, Bernoulli) and not ((x == 0) | (x == 1)).all():
                 warned = True
                 warnings.warn(_NOT_BINARY, UserWarning, stacklevel=3)
             dims = x[0].numel()
-            q = model.encode(x)
+            q = model.encode(x) if c is None else model.encode(x, c)
             like = {"dtype": q.mu.dtype, "device": q.mu.device}
             total = torch.full((x.shape[0],), -math.inf, **like)  # (b,)
             for start in range(0, k, chunk):
@@ -234,7 +244,7 @@ def log_likelihood(
                 # One draw per sample keeps the stream the same whatever the chunking.
                 draws = [torch.randn(q.mu.shape, generator=generator, **like) for _ in range(n)]
                 eps = torch.stack(draws)  # (n, b, latent)
-                log_px_z, log_ratio = log_weights(model, lik, x, q, eps)
+                log_px_z, log_ratio = log_weights(model, lik, x, q, eps, c)
                 total = torch.logaddexp(total, torch.logsumexp(log_px_z + log_ratio, dim=0))
             estimates.append((total - math.log(k)).cpu())
     if not estimates:
@@ -262,7 +272,8 @@ def latent_diagnostics(
     gradients; the model's mode is restored. Nothing is sampled, so the result is deterministic.
 
     Args:
-        model: A :class:`~autoenc.GaussianVAE`.
+        model: A :class:`~autoenc.GaussianVAE` or :class:`~autoenc.ConditionalVAE` (then the
+            KL is to its prior :math:`p(z \mid c)`).
         data: As in :func:`log_likelihood`; at least two examples.
         threshold: Activity threshold on the variance of the posterior mean.
         min_active: Warn when fewer units are active; default: half the latent dimensions.
@@ -298,6 +309,7 @@ def latent_diagnostics(
             f"min_active must be an int in [0, latent_dim={model.latent_dim}], got {min_active!r}"
         )
     device = model_device(model, device)
+    conditional = getattr(model, "conditional", False) is True
 
     # Running mean and sum of squared deviations of mu, merged batch by batch (Chan et al.),
     # in float64 so a million examples lose nothing.
@@ -306,16 +318,18 @@ def latent_diagnostics(
     m2 = torch.zeros_like(mean)
     kl_sum = torch.zeros_like(mean)
     with eval_mode(model):
-        for x in make_batches(
+        for batch in make_batches(
             data,
             batch_size=batch_size,
             device=device,
             transform=transform,
             dtype=model_dtype(model),
+            labels=conditional,
         ):
+            x, *c = batch if conditional else (batch,)  # c: [the conditions] or []
             model.check_input(x)
-            q = model.encode(x)
-            kl_sum += model.kl_elementwise(q).double().sum(dim=0)
+            q = model.encode(x, *c)
+            kl_sum += model.kl_elementwise(q, *c).double().sum(dim=0)
             mu = q.mu.double()  # (b, latent)
             b = mu.shape[0]
             batch_mean = mu.mean(dim=0)

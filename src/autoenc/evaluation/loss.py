@@ -74,20 +74,25 @@ class RunningMean:
 
 
 def accumulate(
-    model: nn.Module, batches: Iterable[Tensor], *, precision: str, seed: int | None
+    model: nn.Module,
+    batches: Iterable[Tensor | tuple[Tensor, Tensor]],
+    *,
+    precision: str,
+    seed: int | None,
 ) -> RunningMean:
     """The loss terms of ``model`` summed over ``batches`` in eval mode, without gradients.
 
-    The model's noise comes from a forked generator, seeded with ``seed`` when given, so the
-    caller's random state is untouched.
+    An ``(x, y)`` batch is given to ``model.loss(x, y)``. The model's noise comes from a forked
+    generator, seeded with ``seed`` when given, so the caller's random state is untouched.
     """
     device = getattr(batches, "device", torch.device("cpu"))
     meter = RunningMean()
     with eval_mode(model), fork_rng(device, seed), torch.no_grad():
-        for x in batches:
+        for batch in batches:
+            args = batch if isinstance(batch, tuple) else (batch,)
             with autocast(precision, device):
-                loss, terms = loss_terms(model.loss(x))
-            meter.update(tuple(terms), term_vector(terms, loss), x.shape[0])
+                loss, terms = loss_terms(model.loss(*args))
+            meter.update(tuple(terms), term_vector(terms, loss), args[0].shape[0])
     return meter
 
 
@@ -107,9 +112,10 @@ def evaluate(
     runs in eval mode; its mode is restored.
 
     Args:
-        model: Any module with ``loss(x)``.
-        data: Anything :func:`autoenc.data.make_batches` accepts (labels are ignored);
-            floating-point data is cast to the model's dtype.
+        model: Any module with ``loss(x)``, or ``loss(x, y)`` when its class sets
+            ``conditional = True`` (a :class:`~autoenc.ConditionalVAE`).
+        data: Anything :func:`autoenc.data.make_batches` accepts (labels are ignored, or fed
+            to a conditional model); floating-point data is cast to the model's dtype.
         batch_size: Examples per batch.
         device: Where to evaluate; the model moves there. ``None``: where the model is.
         transform: A callable applied to every float batch on the device.
@@ -132,6 +138,11 @@ def evaluate(
     precision = check_precision(precision, dev)
     model.to(dev)
     batches = make_batches(
-        data, batch_size=batch_size, device=dev, transform=transform, dtype=model_dtype(model)
+        data,
+        batch_size=batch_size,
+        device=dev,
+        transform=transform,
+        dtype=model_dtype(model),
+        labels=getattr(model, "conditional", False) is True,
     )
     return accumulate(model, batches, precision=precision, seed=seed).means()

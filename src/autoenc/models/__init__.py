@@ -1,13 +1,14 @@
 """The models: one file per family, each built from any encoder and decoder and a likelihood.
 
-Every model has ``loss(x)``, which is all :func:`autoenc.fit` needs; :data:`MODELS` maps the
-names that model files record to the classes that rebuild them.
+Every model has ``loss(x)`` (a conditional one ``loss(x, c)``), which is all :func:`autoenc.fit`
+needs; :data:`MODELS` maps the names that model files record to the classes that rebuild them.
 """
 
 from __future__ import annotations
 
 from autoenc.models.autoencoder import Autoencoder
 from autoenc.models.base import AEOutput, LossOutput, Posterior, ReconstructionModel, VAEOutput
+from autoenc.models.conditional import ConditionalVAE
 from autoenc.models.vae import GaussianVAE, IWAETerms, iwae_bound, iwae_terms
 from autoenc.models.vqvae import VQVAE, VQVAEOutput
 
@@ -23,6 +24,7 @@ __all__ = [
     "GaussianVAE",
     "VQVAE",
     "VQVAEOutput",
+    "ConditionalVAE",
     "iwae_terms",
     "iwae_bound",
 ]
@@ -32,4 +34,5 @@ MODELS: dict[str, type[ReconstructionModel]] = {
     "Autoencoder": Autoencoder,
     "GaussianVAE": GaussianVAE,
     "VQVAE": VQVAE,
+    "ConditionalVAE": ConditionalVAE,
 }

@@ -197,12 +197,13 @@ class ReconstructionModel(nn.Module):
                 "expected)"
             )
 
-    def warn_if_probabilities(self, params: Tensor, z: Tensor) -> None:
+    def warn_if_probabilities(self, params: Tensor, decoder_input: Tensor) -> None:
         """Warn when a logits likelihood gets a decoder whose outputs stay in ``[0, 1]``.
 
-        Outputs of ``z`` in ``[0, 1]`` alone can happen at initialization; a decoder that also
-        keeps ``decoder(1000 * z)`` there ends in a squashing function (a sigmoid in its
-        ``forward``), and its probabilities would be read as logits.
+        ``params`` are the decoder's outputs for ``decoder_input``. Outputs in ``[0, 1]`` alone
+        can happen at initialization; a decoder that also keeps ``decoder(1000 * input)`` there
+        ends in a squashing function (a sigmoid in its ``forward``), and its probabilities would
+        be read as logits.
         """
         if self.likelihood.output != "logits" or params.numel() < 2:
             return
@@ -214,7 +215,7 @@ class ReconstructionModel(nn.Module):
         if not bounded(params):
             return
         with torch.no_grad(), eval_mode(self.decoder):
-            if not bounded(self.decoder(z.detach() * 1000.0)):
+            if not bounded(self.decoder(decoder_input.detach() * 1000.0)):
                 return
         warnings.warn(
             f"the decoder's outputs stay in [0, 1], but the {self.likelihood.name!r} likelihood "

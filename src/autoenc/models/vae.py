@@ -331,34 +331,60 @@ def resolve_likelihood(model: GaussianVAE, likelihood: Any) -> Likelihood:
 
 
 def log_weights(
-    model: GaussianVAE, likelihood: Likelihood, x: Tensor, q: Posterior, eps: Tensor
+    model: GaussianVAE,
+    likelihood: Likelihood,
+    x: Tensor,
+    q: Posterior,
+    eps: Tensor,
+    c: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """``log p(x|z_k)`` and ``log p(z_k) - log q(z_k|x)``, each ``(k, b)``, at ``mu + std * eps``.
+    r"""``log p(x|z_k)`` and ``log p(z_k) - log q(z_k|x)``, each ``(k, b)``, at ``mu + std * eps``.
 
     The proposal's standard deviation is ``exp(logvar / 2)`` for both posterior kinds, so the
     density we divide by is the one we drew from (with ``posterior="sigma"`` that is
-    ``sqrt(1e-8 + sigma**2)``, matching the KL the model trains on).
+    ``sqrt(1e-8 + sigma**2)``, matching the KL the model trains on). For a conditional model
+    ``c`` is its condition (``(b, ...)``): the weights are those of
+    :math:`\log p(x \mid c)`, with the decoder and the prior :math:`p(z \mid c)` taking ``c``.
     """
     k, b, latent = eps.shape
     z = q.mu + torch.exp(0.5 * q.logvar) * eps  # (k, b, latent)
-    params = model.decoder(z.reshape(k * b, latent))  # (k * b, ...)
+    flat = z.reshape(k * b, latent)
+    if c is not None:  # a ConditionalVAE: the k draws of an example share its condition
+        params = model.decode_params(flat, c.repeat(k, *(1,) * (c.dim() - 1)))  # (k * b, ...)
+        mu_p, logvar_p = model.prior_params(c)  # (b, latent) each
+    else:
+        params, mu_p, logvar_p = model.decoder(flat), 0.0, 0.0
     params = params.reshape(k, *x.shape)  # (k, b, *shape)
     nll = likelihood.nll(params, x.expand(k, *x.shape))
     log_px_z = -nll.reshape(k, b, -1).sum(dim=2)  # (k, b)
     # log q(z|x) = log N(eps; 0, I) - logvar / 2 exactly, without recovering eps from z - mu.
     log_qz = (gaussian_log_prob(eps) - 0.5 * q.logvar).sum(dim=2)  # (k, b)
-    log_pz = gaussian_log_prob(z).sum(dim=2)  # (k, b)
+    log_pz = gaussian_log_prob(z, mu_p, logvar_p).sum(dim=2)  # (k, b)
     return log_px_z, log_pz - log_qz
 
 
 def check_vae(model: Any, fn: str) -> None:
-    """Raise unless ``model`` is a :class:`GaussianVAE`."""
-    if not isinstance(model, GaussianVAE):
-        raise TypeError(f"{fn} needs an autoenc.GaussianVAE, got {type(model).__name__}")
+    """Raise unless ``model`` is a :class:`GaussianVAE` or a conditional one (a
+    :class:`ReconstructionModel` whose class sets ``conditional = True``, with ``prior_params``)."""
+    conditional = (
+        isinstance(model, ReconstructionModel)
+        and getattr(model, "conditional", False) is True
+        and callable(getattr(model, "prior_params", None))
+    )
+    if not (isinstance(model, GaussianVAE) or conditional):
+        raise TypeError(
+            f"{fn} needs an autoenc.GaussianVAE or ConditionalVAE, got {type(model).__name__}"
+        )
 
 
 def iwae_terms(
-    model: GaussianVAE, x: Tensor, k: int, *, eps: Tensor | None = None, likelihood: Any = None
+    model: GaussianVAE,
+    x: Tensor,
+    k: int,
+    *,
+    eps: Tensor | None = None,
+    likelihood: Any = None,
+    c: Tensor | None = None,
 ) -> IWAETerms:
     r"""The negative IWAE bound of a batch with its averaged reconstruction and KL terms.
 
@@ -372,24 +398,31 @@ def iwae_terms(
     left alone: this is a training objective.
 
     Args:
-        model: A :class:`~autoenc.GaussianVAE`.
+        model: A :class:`~autoenc.GaussianVAE` or :class:`~autoenc.ConditionalVAE`.
         x: A batch, ``(b, ...)``, as ``model.loss`` takes it.
         k: Number of importance samples per example.
         eps: Standard-normal noise ``(k, b, latent_dim)``; fresh noise when ``None``.
         likelihood: Evaluate under this likelihood instead of the model's own.
+        c: For a :class:`~autoenc.ConditionalVAE`, the condition of ``x``: the bound is then
+            on :math:`\log p(x \mid c)`.
 
     Returns:
         An :class:`IWAETerms` of ``(b,)`` tensors; only ``loss`` carries gradients.
 
     Raises:
         TypeError: If ``model`` is not a GaussianVAE or ``x`` is not a float tensor.
-        ValueError: On a non-positive ``k``, a badly shaped ``eps`` or the ``"mse"`` likelihood.
+        ValueError: On a non-positive ``k``, a badly shaped ``eps``, the ``"mse"`` likelihood,
+            or ``c`` missing for a conditional model (or given for another).
     """
     check_vae(model, "iwae_terms")
     check_int(k, "k")
+    if (c is None) == (getattr(model, "conditional", False) is True):
+        need = "needs its condition: pass c=" if c is None else "takes no condition c="
+        raise ValueError(f"iwae_terms: a {type(model).__name__} {need}")
     lik = resolve_likelihood(model, likelihood)
     model.check_input(x)
-    q = model.encode(x)
+    cond = () if c is None else (c,)
+    q = model.encode(x, *cond)
     shape = (k, x.shape[0], model.latent_dim)
     if eps is None:
         eps = torch.randn(shape, dtype=q.mu.dtype, device=q.mu.device)
@@ -397,9 +430,9 @@ def iwae_terms(
         raise ValueError(
             f"eps must have shape (k, b, latent_dim) = {shape}, got {tuple(eps.shape)}"
         )
-    log_px_z, log_ratio = log_weights(model, lik, x, q, eps)
+    log_px_z, log_ratio = log_weights(model, lik, x, q, eps, c)
     bound = torch.logsumexp(log_px_z + log_ratio, dim=0) - math.log(k)  # (b,)
-    kl = model.kl_elementwise(q).sum(dim=1)
+    kl = model.kl_elementwise(q, *cond).sum(dim=1)
     return IWAETerms(loss=-bound, recon=-log_px_z.mean(dim=0).detach(), kl=kl.detach())
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from autoenc.pictures.dashboards import ImageSnapshots, TensorBoardDashboard
 from autoenc.pictures.grids import (
+    class_grid,
     interpolate,
     prior_grid,
     prior_samples,
@@ -28,6 +29,7 @@ __all__ = [
     "prior_samples",
     "reconstruction_grid",
     "prior_grid",
+    "class_grid",
     "interpolate",
     "traverse",
     "latent_scatter",

@@ -223,8 +223,9 @@ def process_group(
 
 
 class LossModule(nn.Module):
-    """``forward(x)`` is ``model.loss(x)``: what ``DistributedDataParallel`` has to wrap so the
-    gradients of the loss (not of ``model.forward``) are averaged over the processes.
+    """``forward(*args)`` is ``model.loss(*args)`` (``x``, or ``x, y`` for a conditional model):
+    what ``DistributedDataParallel`` has to wrap so the gradients of the loss (not of
+    ``model.forward``) are averaged over the processes.
 
     When some parameters are unused, DDP finds the loss in the output; it looks into tensors,
     tuples, lists, dicts and dataclasses (such as :class:`~autoenc.LossOutput`).
@@ -234,8 +235,8 @@ class LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: Tensor) -> Any:
-        return self.model.loss(x)
+    def forward(self, *args: Tensor) -> Any:
+        return self.model.loss(*args)
 
 
 def unused_parameters(model: nn.Module, loss: Tensor) -> list[str]:

@@ -248,8 +248,8 @@ class Loop:
         # should_stop is checked before fetching the next batch: after Ctrl-C, DataLoader
         # workers may already be gone
         if not state.should_stop:
-            for x in self.train:
-                self._step(x)
+            for batch in self.train:
+                self._step(batch)
                 self._hook("on_batch_end")
                 if state.should_stop:
                     break
@@ -260,19 +260,22 @@ class Loop:
         state = self.state
         batches = iter(self.train)
         while True:
-            x = None if state.should_stop else next(batches, None)
-            if x is None:
+            batch = None if state.should_stop else next(batches, None)
+            if batch is None:
                 self._agree(*self.sync.vote(stop=state.should_stop, interrupted=state.interrupted))
                 return
-            if not self._step(x):
+            if not self._step(batch):
                 return
             self._hook("on_batch_end")
 
-    def _step(self, x: Tensor) -> bool:
-        """One optimizer step on ``x``; ``False`` when another process stopped (no step)."""
+    def _step(self, batch: Tensor | tuple[Tensor, Tensor]) -> bool:
+        """One optimizer step on ``x`` (or ``(x, y)``, given to the loss as two arguments);
+        ``False`` when another process stopped (no step)."""
         state, opt = self.state, self.state.optimizer
+        args = batch if isinstance(batch, tuple) else (batch,)
+        x = args[0]
         with autocast(self.precision, x.device):
-            out = self.loss_fn(x)
+            out = self.loss_fn(*args)
         loss, terms = loss_terms(out)
         keys = tuple(terms)
         values = term_vector(terms, loss)

@@ -131,16 +131,20 @@ def _probe(
     unused: list[str] = []
     with fork_rng(device):
         try:
-            x = next(iter(batches))
+            batch = next(iter(batches))
         except StopIteration:
             raise ValueError(f"{name} is empty: it yields no batches") from None
+        x, *y = batch if isinstance(batch, tuple) else (batch,)  # y: [labels] or []
         check_input = getattr(model, "check_input", None)
+        check_condition = getattr(model, "check_condition", None)
         try:
             if callable(check_input):  # the whole first batch, values too: once, off the loop
                 check_input(x, values=True)
-            x = x[:2]
+            if y and callable(check_condition):
+                check_condition(y[0], x.shape[0], values=True)
+            x, y = x[:2], [t[:2] for t in y]
             with eval_mode(model), torch.set_grad_enabled(find_unused), autocast(precision, device):
-                out = model.loss(x)
+                out = model.loss(x, *y)
         except Exception as err:
             raise ValueError(
                 f"model.loss failed on a batch from {name} of shape {tuple(x.shape)} "
@@ -208,9 +212,11 @@ def fit(
         model: Any ``nn.Module`` whose ``loss(x)`` returns a scalar tensor, a
             :class:`~autoenc.LossOutput` or a dict with a ``"loss"`` key (other scalars are
             logged). It moves to ``device`` and stays there.
-        data: A tensor ``(n, ...)``, an ``(x, y)`` tuple (labels ignored), a ``TensorDataset``,
-            a map-style ``Dataset`` or a ``DataLoader``. ``uint8`` is scaled by 1/255 and
-            floating-point data is cast to the model's dtype (NumPy's float64 included).
+        data: A tensor ``(n, ...)``, an ``(x, y)`` tuple, a ``TensorDataset``, a map-style
+            ``Dataset`` or a ``DataLoader``. Labels are ignored, or, for a model whose class
+            sets ``conditional = True`` (a :class:`~autoenc.ConditionalVAE`), given to
+            ``model.loss(x, y)``: then the data must carry them. ``uint8`` is scaled by 1/255
+            and floating-point data is cast to the model's dtype (NumPy's float64 included).
         epochs: Total epochs (a resumed run counts the epochs already done).
         batch_size: Examples per optimizer step over all processes (default 32, the article's).
         optimizer: ``None`` (Adam, fused where available), an optimizer instance, an optimizer
@@ -322,6 +328,7 @@ def fit(
             rank=rank,
             world_size=world_size,
             dtype=model_dtype(target),
+            labels=getattr(target, "conditional", False) is True,
         )
         train_batches = _batches(
             data,
