@@ -213,3 +213,24 @@ def test_early_stopping_on_an_unknown_metric_names_the_metrics():
 def test_early_stopping_checks_its_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         EarlyStopping(**kwargs)
+
+
+def test_progress_lines_show_a_models_further_terms():
+    """A VQ-VAE's perplexity (any term beyond loss, recon and kl) appears in the epoch line."""
+    import io
+
+    from autoenc import fit
+
+    class WithPerplexity(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            loss = (self.w * x).pow(2).mean()
+            return {"loss": loss, "perplexity": torch.tensor(7.0)}
+
+    stream = io.StringIO()
+    fit(WithPerplexity(), torch.rand(8, 3), epochs=1, batch_size=4,
+        callbacks=[ProgressBar(stream=stream, bar=False)])  # fmt: skip
+    assert "train/perplexity 7" in stream.getvalue()

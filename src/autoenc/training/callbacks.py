@@ -190,7 +190,8 @@ class ProgressBar(Callback):
 
     The bar shows the epoch's running loss, refreshed at most every ``refresh_seconds``. When
     the stream is not a terminal (CI logs, files) or tqdm is not installed, it prints one line
-    per epoch instead: epoch, ``train/loss``, ``train/kl``, ``val/loss``, ``val/kl`` and time.
+    per epoch instead: epoch, ``train/loss``, ``train/kl``, the model's further terms (a VQ-VAE's
+    ``train/perplexity`` and ``train/usage``, ...), ``val/loss``, ``val/kl`` and time.
     :func:`autoenc.fit` adds one unless ``verbose=False``. Only the main process prints.
 
     Args:
@@ -253,7 +254,10 @@ class ProgressBar(Callback):
         if not state.is_main_process:
             return
         seconds = time.monotonic() - self._start
-        summary = _format_metrics(state.metrics, self.SUMMARY_KEYS)
+        own = ("train/loss", "train/recon", "train/kl")
+        extra = tuple(k for k in state.metrics if k.startswith("train/") and k not in own)
+        keys = self.SUMMARY_KEYS[:2] + extra + self.SUMMARY_KEYS[2:]
+        summary = _format_metrics(state.metrics, keys)
         if self._tqdm is not None:
             self._tqdm.set_postfix_str(summary, refresh=True)
             self._tqdm.close()
