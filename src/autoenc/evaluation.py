@@ -176,7 +176,7 @@ def _log_weights(
     params = model.decoder(z.reshape(k * b, latent))  # (k * b, ...)
     params = params.reshape(k, *x.shape)  # (k, b, *shape)
     nll = likelihood.nll(params, x.expand(k, *x.shape))
-    log_px_z = -nll.reshape(k, b, -1).sum(dim=2)  # (k, b)
+    log_px_z = -nll.flatten(2).sum(dim=2)  # (k, b); reshape(k, b, -1) fails at b = 0
     # log q(z|x) = log N(eps; 0, I) - logvar / 2 exactly, without recovering eps from z - mu.
     log_qz = (gaussian_log_prob(eps) - 0.5 * q.logvar).sum(dim=2)  # (k, b)
     log_pz = gaussian_log_prob(z).sum(dim=2)  # (k, b)

@@ -7,7 +7,8 @@ Both take any encoder and decoder modules and a likelihood, and expose ``encode`
 Loss convention: every term is summed over the non-batch dimensions and averaged over the
 batch, so a VAE's ``loss`` with ``beta=1`` is the negative ELBO in nats per example.
 ``reduction="mean"`` divides every term by the number of elements of one datum instead, which
-is what ``nn.MSELoss()`` plus ``KL / (b * 784)`` computes in the article.
+is what ``nn.MSELoss()`` plus ``KL / (b * 784)`` computes in the article. An empty batch gives a
+NaN loss, the mean of nothing.
 """
 
 from __future__ import annotations
@@ -491,7 +492,7 @@ class GaussianVAE(_ReconMixin, nn.Module):
         if self.free_bits > 0:
             kl_train = kl_elem.mean(dim=0).clamp(min=self.free_bits).sum()
             if self.reduction == "mean":
-                kl_train = kl_train / (x.numel() // x.shape[0])
+                kl_train = kl_train / math.prod(x.shape[1:])
         loss = torch.add(recon, kl_train, alpha=self.beta)  # recon + beta * kl, one op
         return LossOutput(loss=loss, recon=recon.detach(), kl=kl.detach())
 
@@ -499,7 +500,7 @@ class GaussianVAE(_ReconMixin, nn.Module):
         from autoenc.evaluation import iwae_terms  # evaluation imports this module
 
         t = iwae_terms(self, x, self.iwae_k, eps=eps)  # (b,) each
-        scale = x[0].numel() if self.reduction == "mean" else 1
+        scale = math.prod(x.shape[1:]) if self.reduction == "mean" else 1  # x[0] fails at b=0
         return LossOutput(
             loss=-t.bound.mean() / scale,
             recon=t.recon.mean().detach() / scale,
