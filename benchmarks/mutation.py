@@ -393,11 +393,7 @@ class _Sandbox:
         )
         (self.dir / "hypothesis").mkdir()
 
-    def run(self, mutant: Mutant | None, tests: list[str], timeout: float) -> tuple[str, float]:
-        target = self.dir / mutant.path if mutant is not None else None
-        original = target.read_text() if target is not None else None
-        if target is not None:
-            target.write_text(_splice(original, mutant))
+    def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             [str(self.dir / "src")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
@@ -405,12 +401,28 @@ class _Sandbox:
         env["PYTHONDONTWRITEBYTECODE"] = "1"  # a stale .pyc must never stand in for a mutant
         env["HYPOTHESIS_STORAGE_DIRECTORY"] = str(self.dir / "hypothesis")
         env.setdefault("OMP_NUM_THREADS", "1")
+        return env
+
+    def check_import(self, package: str) -> None:
+        """Fail unless ``import package`` finds the copy (an installed one could shadow it)."""
+        code = f"import {package}; print({package}.__file__)"
+        found = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, env=self.env(), capture_output=True, text=True
+        ).stdout.strip()
+        if not found.startswith(str(self.dir)):
+            raise SystemExit(f"import {package} finds {found or 'nothing'}, not the mutated copy")
+
+    def run(self, mutant: Mutant | None, tests: list[str], timeout: float) -> tuple[str, float]:
+        target = self.dir / mutant.path if mutant is not None else None
+        original = target.read_text() if target is not None else None
+        if target is not None:
+            target.write_text(_splice(original, mutant))
         cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
         began = time.perf_counter()
         proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
-            env=env,
+            env=self.env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # its own process group, so a timeout ends its children too
@@ -488,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sandboxes = [_Sandbox() for _ in range(args.jobs)]
     try:
+        for package in sorted({Path(m.path).parts[1] for m, _ in plan}):
+            sandboxes[0].check_import(package)
         timeout = args.timeout
         for tests in dict.fromkeys(tuple(t) for _, t in plan):
             status, seconds = sandboxes[0].run(None, list(tests), timeout=3600)
