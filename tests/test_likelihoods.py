@@ -322,3 +322,44 @@ def test_gaussian_keeps_the_dtype_of_its_input(
 @pytest.mark.parametrize("lik", [Bernoulli(), ContinuousBernoulli()], ids=lambda lik: lik.name)
 def test_unit_interval_likelihoods_accept_an_empty_batch(lik: Likelihood) -> None:
     assert lik.check_target(torch.empty(0, 3)) is None  # nothing lies outside [0, 1]
+
+
+@pytest.mark.parametrize("lik", [Bernoulli(), ContinuousBernoulli()], ids=lambda lik: lik.name)
+def test_unit_interval_likelihoods_accept_the_ends_of_the_interval(lik: Likelihood) -> None:
+    assert lik.check_target(torch.tensor([[0.0, 1.0], [1.0, 0.0]])) is None  # binary data
+
+
+def test_gaussian_defaults_to_unit_variance() -> None:
+    params, x = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    for lik in (Gaussian(), get_likelihood("gaussian")):
+        torch.testing.assert_close(lik.nll(params, x), -D.Normal(params, 1.0).log_prob(x))
+
+
+class _OnlyNLL(Likelihood):
+    """A user likelihood that implements nothing but ``nll``."""
+
+    name = "laplace"
+
+    def nll(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return (x - params).abs() + math.log(2.0)
+
+
+@pytest.mark.parametrize(
+    "lik",
+    [
+        SquaredError(),
+        Gaussian(0.4),
+        Gaussian(0.4, learn_scale="pixel", shape=(1, 3, 2)),
+        Bernoulli(),
+        ContinuousBernoulli(),
+        _OnlyNLL(),
+    ],
+    ids=lambda lik: (
+        type(lik).__name__ + (f"-{lik.learn_scale}" if isinstance(lik, Gaussian) else "")
+    ),
+)
+def test_nll_sum_is_the_sum_of_the_elementwise_nll(lik: Likelihood) -> None:
+    params, x = torch.randn(2, 1, 3, 2, dtype=torch.float64), _unit((2, 1, 3, 2))
+    total = lik.nll_sum(params, x)
+    assert total.shape == ()
+    torch.testing.assert_close(total, lik.nll(params, x).sum())
