@@ -649,3 +649,25 @@ def test_an_empty_batch_gives_a_nan_loss(kwargs: dict) -> None:
     for reduction in ("sum", "mean"):
         out = small_ae(reduction=reduction).loss(x)
         assert out.loss.isnan() and out.recon.isnan()
+
+
+def test_sigma_posterior_kl_is_the_articles_formula_in_float64(images: torch.Tensor) -> None:
+    # KL = (mu^2 + sigma^2 - log(1e-8 + sigma^2) - 1) / 2: the floor sits only inside the log, so
+    # the KL is not the Gaussian one at logvar = log(1e-8 + sigma^2) (that adds 5e-9 nats).
+    mu, sigma = [0.3, -1.0, 2.0], [0.5, -2.0, 0.0]
+    vae = GaussianVAE(
+        _constant_encoder(mu + sigma), Decoder(LATENT, [8], SHAPE), LATENT, posterior="sigma"
+    ).double()
+    m, s = torch.tensor(mu).double(), torch.tensor(sigma).double()  # the encoder's float32 bias
+    expected = 0.5 * (m**2 + s**2 - torch.log(1e-8 + s**2) - 1)
+    kl = vae.kl_elementwise(vae(images.double()))
+    torch.testing.assert_close(kl, expected.expand_as(kl), rtol=1e-13, atol=0)
+
+
+def test_free_bits_with_mean_reduction_divides_by_the_elements_of_flat_data() -> None:
+    enc = _constant_encoder([0.0] * (2 * LATENT))  # the posterior is the prior: KL = 0
+    vae = GaussianVAE(
+        enc, Decoder(LATENT, [8], D_IN), LATENT, beta=2.0, free_bits=0.5, reduction="mean"
+    )
+    out = vae.loss(torch.rand(6, D_IN))
+    torch.testing.assert_close(out.loss - out.recon, torch.tensor(2.0 * 0.5 * LATENT / D_IN))
