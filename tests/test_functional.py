@@ -260,3 +260,56 @@ def test_continuous_bernoulli_log_norm_gradients_are_finite_and_right_near_zero(
     logits32 = torch.tensor(_NEAR_ZERO, requires_grad=True)
     continuous_bernoulli_log_norm(logits32).sum().backward()
     assert torch.isfinite(logits32.grad).all()
+
+
+# --- precision at the edges (pinned by mutation testing: benchmarks/mutation.py)
+
+
+def test_gaussian_log_prob_keeps_float64_with_python_float_parameters() -> None:
+    x = torch.randn(3, 4, dtype=torch.float64)
+    mu, logvar = 0.7, math.log(0.3)  # not representable in float32: a float32 detour shows
+    actual = gaussian_log_prob(x, mu, logvar)
+    assert actual.dtype == torch.float64
+    expected = Normal(torch.tensor(mu, dtype=torch.float64), math.sqrt(0.3)).log_prob(x)
+    torch.testing.assert_close(actual, expected, rtol=1e-14, atol=1e-14)
+
+
+def _mp_log_norm(logits: torch.Tensor) -> torch.Tensor:
+    """log C at every logit, in 40-digit arithmetic: log(|l| / tanh(|l| / 2)), log 2 at 0."""
+    mpmath = pytest.importorskip("mpmath")
+    with mpmath.workdps(40):
+        values = [
+            mpmath.log(abs(v) / mpmath.tanh(abs(v) / 2)) if v else mpmath.log(2)
+            for v in map(mpmath.mpf, logits.double().tolist())
+        ]
+        return torch.tensor([float(v) for v in values], dtype=torch.float64)
+
+
+# The series is used for |sigmoid(l) - 1/2| < 1e-2, that is |l| < 2 artanh(0.02) ~ 0.0400053.
+_BAND_EDGE = 2 * math.atanh(0.02)
+_EDGE_LOGITS = [_BAND_EDGE + d for d in (-1e-3, -1e-5, -1e-8, 1e-8, 1e-5, 1e-3)] + [
+    0.02,
+    0.03,
+    0.035,
+    0.045,
+    0.05,
+]
+
+
+def test_continuous_bernoulli_log_norm_is_exact_on_both_sides_of_the_band_edge() -> None:
+    # Inside the band the series must match the closed form to float64 rounding, so the value
+    # does not jump at the edge and every series coefficient matters.
+    logits = torch.tensor(_EDGE_LOGITS, dtype=torch.float64)
+    logits = torch.cat([logits, -logits])
+    torch.testing.assert_close(
+        continuous_bernoulli_log_norm(logits), _mp_log_norm(logits), rtol=0, atol=5e-15
+    )
+
+
+def test_continuous_bernoulli_log_norm_near_the_band_edge_in_float32() -> None:
+    logits = torch.tensor(_EDGE_LOGITS + [0.1, 0.3, 1.2], dtype=torch.float32)
+    logits = torch.cat([logits, -logits])
+    actual = continuous_bernoulli_log_norm(logits)
+    assert actual.dtype == torch.float32
+    # The reference is taken at the float32 inputs, so only the function's own error counts.
+    torch.testing.assert_close(actual.double(), _mp_log_norm(logits), rtol=0, atol=2.5e-7)

@@ -270,3 +270,112 @@ def test_get_likelihood_returns_an_instance_as_is() -> None:
 def test_get_likelihood_errors(spec: object, error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         get_likelihood(spec)
+
+
+# --- precision, dtypes and empty data (pinned by mutation testing: benchmarks/mutation.py)
+
+
+def _mp_mean(logits: torch.Tensor) -> torch.Tensor:
+    """The continuous Bernoulli mean 1 / (1 - e^-l) - 1 / l in 40-digit arithmetic."""
+    mpmath = pytest.importorskip("mpmath")
+    with mpmath.workdps(40):
+        values = [
+            1 / (1 - mpmath.exp(-v)) - 1 / v if v else mpmath.mpf(0.5)
+            for v in map(mpmath.mpf, logits.double().tolist())
+        ]
+        return torch.tensor([float(v) for v in values], dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "logits", "atol"),
+    [
+        # The series band is |l| < 0.05 in float64 and |l| < 0.5 in float32. Points on both
+        # sides of each edge, and far enough out that a moved edge or a wrong coefficient shows.
+        (
+            torch.float64,
+            [0.01, 0.03, 0.04, 0.045, 0.047, 0.049, 0.0499, 0.0501, 0.051, 0.055, 0.07, 0.09],
+            1e-14,
+        ),
+        (
+            torch.float32,
+            [0.06, 0.1, 0.2, 0.45, 0.47, 0.49, 0.499, 0.501, 0.51, 0.55, 0.7, 0.9, 1.0, 1.1, 1.2],
+            3e-7,
+        ),
+    ],
+    ids=["float64", "float32"],
+)
+def test_continuous_bernoulli_mean_near_its_band_edges(
+    dtype: torch.dtype, logits: list[float], atol: float
+) -> None:
+    logits = torch.tensor(logits, dtype=dtype)
+    logits = torch.cat([logits, -logits])
+    actual = ContinuousBernoulli().mean(logits)
+    assert actual.dtype == dtype
+    # The reference is taken at the rounded inputs, so only the method's own error counts.
+    torch.testing.assert_close(actual.double(), _mp_mean(logits), rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "rtol"),
+    [(torch.float16, 4e-3), (torch.bfloat16, 3e-2), (torch.float64, 1e-12)],
+    ids=str,
+)
+@pytest.mark.parametrize("learn_scale", [None, "global", "pixel"])
+def test_gaussian_keeps_the_dtype_of_its_input(
+    dtype: torch.dtype, rtol: float, learn_scale: str | None
+) -> None:
+    lik = Gaussian(0.8, learn_scale=learn_scale, shape=(1, 2, 3))
+    with torch.no_grad():
+        lik.log_scale.copy_(torch.randn(lik.log_scale.shape) * 0.3)
+    params, x = torch.randn(4, 1, 2, 3).to(dtype), torch.rand(4, 1, 2, 3).to(dtype)
+    nll = lik.nll(params, x)
+    assert nll.dtype == lik.nll_sum(params, x).dtype == lik.sample(params).dtype == dtype
+    scale = lik.log_scale.detach().double().exp()
+    expected = -D.Normal(params.double(), scale).log_prob(x.double())
+    torch.testing.assert_close(nll.double(), expected, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("lik", [Bernoulli(), ContinuousBernoulli()], ids=lambda lik: lik.name)
+def test_unit_interval_likelihoods_accept_an_empty_batch(lik: Likelihood) -> None:
+    assert lik.check_target(torch.empty(0, 3)) is None  # nothing lies outside [0, 1]
+
+
+@pytest.mark.parametrize("lik", [Bernoulli(), ContinuousBernoulli()], ids=lambda lik: lik.name)
+def test_unit_interval_likelihoods_accept_the_ends_of_the_interval(lik: Likelihood) -> None:
+    assert lik.check_target(torch.tensor([[0.0, 1.0], [1.0, 0.0]])) is None  # binary data
+
+
+def test_gaussian_defaults_to_unit_variance() -> None:
+    params, x = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    for lik in (Gaussian(), get_likelihood("gaussian")):
+        torch.testing.assert_close(lik.nll(params, x), -D.Normal(params, 1.0).log_prob(x))
+
+
+class _OnlyNLL(Likelihood):
+    """A user likelihood that implements nothing but ``nll``."""
+
+    name = "laplace"
+
+    def nll(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return (x - params).abs() + math.log(2.0)
+
+
+@pytest.mark.parametrize(
+    "lik",
+    [
+        SquaredError(),
+        Gaussian(0.4),
+        Gaussian(0.4, learn_scale="pixel", shape=(1, 3, 2)),
+        Bernoulli(),
+        ContinuousBernoulli(),
+        _OnlyNLL(),
+    ],
+    ids=lambda lik: (
+        type(lik).__name__ + (f"-{lik.learn_scale}" if isinstance(lik, Gaussian) else "")
+    ),
+)
+def test_nll_sum_is_the_sum_of_the_elementwise_nll(lik: Likelihood) -> None:
+    params, x = torch.randn(2, 1, 3, 2, dtype=torch.float64), _unit((2, 1, 3, 2))
+    total = lik.nll_sum(params, x)
+    assert total.shape == ()
+    torch.testing.assert_close(total, lik.nll(params, x).sum())

@@ -557,3 +557,119 @@ def test_iwae_objective_rejects_beta_and_bad_k():
         assert GaussianVAE(enc, dec, 3, objective="iwae", iwae_k=7).k == 7
     with pytest.raises(ValueError, match="objective"):
         GaussianVAE(enc, dec, 3, objective="vimco")
+
+
+# --- pinned by mutation testing (benchmarks/mutation.py)
+
+
+def _iwae_reference(
+    vae: GaussianVAE, x: torch.Tensor, eps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per example, from torch.distributions: the negative IWAE bound, the reconstruction NLL
+    averaged over the draws, and the closed-form KL (Bernoulli likelihood, flat data)."""
+    k, b, _ = eps.shape
+    mu, logvar = vae.encoder(x).chunk(2, dim=1)  # (b, latent) each
+    q = D.Normal(mu, torch.exp(0.5 * logvar))
+    z = mu + q.scale * eps  # (k, b, latent)
+    logits = vae.decoder(z.flatten(0, 1)).reshape(k, b, -1)  # (k, b, d)
+    log_px_z = D.Bernoulli(logits=logits).log_prob(x).sum(dim=2)  # (k, b)
+    log_w = log_px_z + D.Normal(0.0, 1.0).log_prob(z).sum(dim=2) - q.log_prob(z).sum(dim=2)
+    bound = torch.logsumexp(log_w, dim=0) - torch.tensor(k, dtype=x.dtype).log()
+    kl = D.kl_divergence(q, D.Normal(0.0, 1.0)).sum(dim=1)
+    return -bound, -log_px_z.mean(dim=0), kl
+
+
+@pytest.mark.parametrize("b", [1, 5])
+def test_iwae_objective_matches_a_hand_written_bound_in_both_reductions(b: int) -> None:
+    k, d = 4, 12
+    vae_sum = GaussianVAE(
+        Encoder(d, [16], 2 * LATENT), Decoder(LATENT, [16], d), LATENT, objective="iwae", k=k
+    ).double()
+    vae_mean = GaussianVAE(
+        vae_sum.encoder, vae_sum.decoder, LATENT, objective="iwae", k=k, reduction="mean"
+    )
+    x = torch.rand(b, d, dtype=torch.float64).round()
+    eps = torch.randn(k, b, LATENT, dtype=torch.float64)
+    neg_bound, recon, kl = _iwae_reference(vae_sum, x, eps)
+    out_sum, out_mean = vae_sum.loss(x, eps=eps), vae_mean.loss(x, eps=eps)
+    for out, per_example in ((out_sum, 1), (out_mean, d)):
+        torch.testing.assert_close(out.loss, neg_bound.mean() / per_example)
+        # The logged terms: averaged over the batch (and the draws), detached, never None.
+        assert out.recon is not None and out.kl is not None
+        assert out.loss.requires_grad
+        assert not out.recon.requires_grad and not out.kl.requires_grad
+        torch.testing.assert_close(out.recon, recon.mean().detach() / per_example)
+        torch.testing.assert_close(out.kl, kl.mean().detach() / per_example)
+    torch.testing.assert_close(out_mean.loss, out_sum.loss / d)
+
+
+def test_logvar_posterior_kl_is_exact_at_tiny_variances(images: torch.Tensor) -> None:
+    # logvar -20 and -30 (the clamp's floor): a 1e-8 floor on the variance, as the "sigma"
+    # posterior's KL has, would give 8.7 nats instead of 14.5 at -30.
+    values = [0.0, 0.5, -1.0, -20.0, -30.0, -25.0]  # mu, then logvar
+    vae = GaussianVAE(_constant_encoder(values), Decoder(LATENT, [8], SHAPE), LATENT).double()
+    x = images.double()
+    mu, logvar = torch.tensor(values, dtype=torch.float64).chunk(2)
+    expected = D.kl_divergence(D.Normal(mu, torch.exp(0.5 * logvar)), D.Normal(0.0, 1.0))
+    kl = vae.kl_elementwise(vae(x))
+    torch.testing.assert_close(kl, expected.expand_as(kl), rtol=1e-12, atol=0)
+    torch.testing.assert_close(vae.loss(x).kl, expected.sum(), rtol=1e-12, atol=0)
+
+
+def test_sigma_posterior_log_variance_is_the_log_of_floor_plus_sigma_squared(
+    images: torch.Tensor,
+) -> None:
+    sigma = [0.5, -2.0, 0.0]  # the raw second half; a linear encoder can emit negative values
+    vae = GaussianVAE(
+        _constant_encoder([0.0] * LATENT + sigma),
+        Decoder(LATENT, [8], SHAPE),
+        LATENT,
+        posterior="sigma",
+    ).double()
+    q = vae.encode(images.double())
+    expected = torch.tensor([0.25 + 1e-8, 4.0 + 1e-8, 1e-8], dtype=torch.float64).log()
+    torch.testing.assert_close(q.logvar, expected.expand_as(q.logvar), rtol=1e-12, atol=0)
+    assert torch.equal(q.std[0], torch.tensor(sigma, dtype=torch.float64))  # kept as emitted
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"reduction": "sum"},
+        {"reduction": "mean"},
+        {"reduction": "mean", "free_bits": 0.5},
+        {"objective": "iwae"},
+        {"objective": "iwae", "reduction": "mean"},
+    ],
+    ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()),
+)
+def test_an_empty_batch_gives_a_nan_loss(kwargs: dict) -> None:
+    # NaN, the mean of nothing, as the module docstring says: no ZeroDivisionError, no IndexError.
+    x = torch.empty(0, *SHAPE)
+    out = small_vae(**kwargs).loss(x)
+    assert out.loss.isnan() and out.recon.isnan() and out.kl.isnan()
+    for reduction in ("sum", "mean"):
+        out = small_ae(reduction=reduction).loss(x)
+        assert out.loss.isnan() and out.recon.isnan()
+
+
+def test_sigma_posterior_kl_is_the_articles_formula_in_float64(images: torch.Tensor) -> None:
+    # KL = (mu^2 + sigma^2 - log(1e-8 + sigma^2) - 1) / 2: the floor sits only inside the log, so
+    # the KL is not the Gaussian one at logvar = log(1e-8 + sigma^2) (that adds 5e-9 nats).
+    mu, sigma = [0.3, -1.0, 2.0], [0.5, -2.0, 0.0]
+    vae = GaussianVAE(
+        _constant_encoder(mu + sigma), Decoder(LATENT, [8], SHAPE), LATENT, posterior="sigma"
+    ).double()
+    m, s = torch.tensor(mu).double(), torch.tensor(sigma).double()  # the encoder's float32 bias
+    expected = 0.5 * (m**2 + s**2 - torch.log(1e-8 + s**2) - 1)
+    kl = vae.kl_elementwise(vae(images.double()))
+    torch.testing.assert_close(kl, expected.expand_as(kl), rtol=1e-13, atol=0)
+
+
+def test_free_bits_with_mean_reduction_divides_by_the_elements_of_flat_data() -> None:
+    enc = _constant_encoder([0.0] * (2 * LATENT))  # the posterior is the prior: KL = 0
+    vae = GaussianVAE(
+        enc, Decoder(LATENT, [8], D_IN), LATENT, beta=2.0, free_bits=0.5, reduction="mean"
+    )
+    out = vae.loss(torch.rand(6, D_IN))
+    torch.testing.assert_close(out.loss - out.recon, torch.tensor(2.0 * 0.5 * LATENT / D_IN))

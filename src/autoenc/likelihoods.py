@@ -186,7 +186,7 @@ class Gaussian(Likelihood):
         return params
 
     def sample(self, params: Tensor) -> Tensor:
-        return params + torch.exp(self.log_scale) * torch.randn_like(params)
+        return params + torch.exp(self.log_scale.to(params.dtype)) * torch.randn_like(params)
 
     @property
     def config(self) -> dict[str, Any]:

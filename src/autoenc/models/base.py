@@ -3,7 +3,8 @@
 Loss convention: every term is summed over the non-batch dimensions and averaged over the
 batch, so a VAE's ``loss`` with ``beta=1`` is the negative ELBO in nats per example.
 ``reduction="mean"`` divides every term by the number of elements of one datum instead, which
-is what ``nn.MSELoss()`` plus ``KL / (b * 784)`` computes in the article.
+is what ``nn.MSELoss()`` plus ``KL / (b * 784)`` computes in the article. An empty batch gives a
+NaN loss, the mean of nothing.
 """
 
 from __future__ import annotations

@@ -286,7 +286,7 @@ class ConditionalVAE(ReconstructionModel):
         kl = kl_train = self.reduce(kl_elem, x)
         if self.free_bits > 0:
             kl_train = kl_elem.mean(dim=0).clamp(min=self.free_bits).sum()
-            kl_train = kl_train / (x[0].numel() if self.reduction == "mean" else 1)
+            kl_train = kl_train / (math.prod(x.shape[1:]) if self.reduction == "mean" else 1)
         loss = torch.add(recon, kl_train, alpha=self.beta)
         return LossOutput(loss=loss, recon=recon.detach(), kl=kl.detach())
 

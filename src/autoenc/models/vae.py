@@ -258,13 +258,13 @@ class GaussianVAE(ReconstructionModel):
         if self.free_bits > 0:
             kl_train = kl_elem.mean(dim=0).clamp(min=self.free_bits).sum()
             if self.reduction == "mean":
-                kl_train = kl_train / (x.numel() // x.shape[0])
+                kl_train = kl_train / math.prod(x.shape[1:])
         loss = torch.add(recon, kl_train, alpha=self.beta)  # recon + beta * kl, one op
         return LossOutput(loss=loss, recon=recon.detach(), kl=kl.detach())
 
     def _iwae_loss(self, x: Tensor, eps: Tensor | None) -> LossOutput:
         t = iwae_terms(self, x, self.k, eps=eps)  # (b,) each
-        scale = x[0].numel() if self.reduction == "mean" else 1
+        scale = math.prod(x.shape[1:]) if self.reduction == "mean" else 1  # x[0] fails at b=0
         return LossOutput(
             loss=t.loss.mean() / scale, recon=t.recon.mean() / scale, kl=t.kl.mean() / scale
         )
@@ -356,7 +356,7 @@ def log_weights(
         params, mu_p, logvar_p = model.decoder(flat), 0.0, 0.0
     params = params.reshape(k, *x.shape)  # (k, b, *shape)
     nll = likelihood.nll(params, x.expand(k, *x.shape))
-    log_px_z = -nll.reshape(k, b, -1).sum(dim=2)  # (k, b)
+    log_px_z = -nll.flatten(2).sum(dim=2)  # (k, b); reshape(k, b, -1) fails at b = 0
     # log q(z|x) = log N(eps; 0, I) - logvar / 2 exactly, without recovering eps from z - mu.
     log_qz = (gaussian_log_prob(eps) - 0.5 * q.logvar).sum(dim=2)  # (k, b)
     log_pz = gaussian_log_prob(z, mu_p, logvar_p).sum(dim=2)  # (k, b)
