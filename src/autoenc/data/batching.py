@@ -11,13 +11,9 @@ Tensors take a fast path: the whole set stays in memory (moved to the training d
 it fits there, kept ``uint8`` until each batch is converted), and an epoch is one seeded
 permutation sliced into batches: no per-sample Python and no ``DataLoader``. A map-style dataset
 is read one item at a time in the same seeded order; a ``DataLoader`` is used as it is.
-
-The order of epoch ``e`` depends only on the seed drawn from ``generator`` and on ``e``
-(:meth:`Batches.set_epoch`), so a resumed run sees the same batches as an uninterrupted one.
-With ``world_size > 1`` every rank takes a disjoint shard of the same permutation (for
-``DistributedDataParallel``): its part of every global batch of ``batch_size * world_size``
-examples, so all ranks take the same number of steps and their batches together are those of a
-single process with the global batch.
+The order of epoch ``e`` depends only on the seed and on ``e``, so a resumed run sees the same
+batches; with ``world_size > 1`` every rank takes its shard of every global batch
+(:func:`make_batches` says how).
 """
 
 from __future__ import annotations
@@ -30,122 +26,26 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from autoenc._utils import SEED_BOUND, check_int, resolve_device
+from autoenc.data.conversion import (
+    check_dtype,
+    first_of,
+    fits_on,
+    item_tensor,
+    second_of,
+    stack_labels,
+    tensors_of,
+    to_float,
+)
+
+_NO_LABELS = (
+    "labels=True (a conditional model) needs data with labels: an (x, y) pair of tensors, a "
+    "TensorDataset(x, y), a Dataset of (x, y) items or a DataLoader of (x, y) batches"
+)
 
 __all__ = ["Batches", "TensorBatches", "DatasetBatches", "LoaderBatches", "make_batches"]
-
-
-# ---------------------------------------------------------------------------------------------
-# helpers
-
-
-def to_float(
-    x: Tensor, device: torch.device, *, dtype: torch.dtype | None = None, what: str = "data"
-) -> Tensor:
-    """Move ``x`` to ``device`` as ``dtype`` (``uint8`` / 255, ``bool`` -> 0/1).
-
-    ``dtype=None`` keeps floating-point data as it is and gives the others the default dtype.
-    The move comes first, so ``uint8`` images cross to an accelerator at a quarter of the size.
-    """
-    x = x.to(device, non_blocking=True)
-    if x.dtype == torch.uint8:
-        return x.to(dtype or torch.get_default_dtype()).div_(255)
-    if x.dtype == torch.bool:
-        return x.to(dtype or torch.get_default_dtype())
-    if x.is_floating_point():
-        return x if dtype is None else x.to(dtype)
-    raise TypeError(
-        f"{what} must hold floating-point, uint8 (pixels, scaled by 1/255) or bool values, got "
-        f"dtype {x.dtype}; convert it yourself, e.g. x.float()"
-    )
-
-
-def _check_dtype(x: Tensor, what: str) -> None:
-    if not (x.is_floating_point() or x.dtype in (torch.uint8, torch.bool)):
-        to_float(x[:0], torch.device("cpu"), what=what)  # raises the TypeError
-
-
-def _first(item: Any) -> Any:
-    """``x`` of an ``(x, y, ...)`` item or batch; anything else is ``x`` itself."""
-    if isinstance(item, (tuple, list)):
-        if not item:
-            raise ValueError("a data item is an empty tuple; expected x or (x, y)")
-        return item[0]
-    return item
-
-
-def _second(item: Any, what: str) -> Any:
-    """``y`` of an ``(x, y, ...)`` item or batch, or a ``ValueError`` naming what came instead."""
-    if not (isinstance(item, (tuple, list)) and len(item) >= 2):
-        kind = f"a {len(item)}-tuple" if isinstance(item, (tuple, list)) else type(item).__name__
-        raise ValueError(
-            f"labels=True (a conditional model) needs {what} that are (x, y) pairs, got {kind}"
-        )
-    return item[1]
-
-
-def _stack_labels(ys: list[Any]) -> Tensor:
-    """The labels of one batch as one tensor: ints, floats, NumPy values or tensors."""
-    if all(isinstance(y, Tensor) for y in ys):
-        return torch.stack(ys)
-    return torch.as_tensor(ys if type(ys[0]).__module__ != "numpy" else [y.tolist() for y in ys])
-
-
-def _item_tensor(item: Any) -> Tensor:
-    """One dataset item as a tensor: PIL images become ``(c, h, w)`` uint8 as ``ToTensor`` does."""
-    x = _first(item)
-    if isinstance(x, Tensor):
-        return x
-    if type(x).__module__.startswith("PIL."):
-        from torchvision.transforms.functional import pil_to_tensor
-
-        return pil_to_tensor(x)  # (c, h, w) uint8, scaled by to_float as ToTensor would
-    if type(x).__module__ == "numpy":
-        return torch.from_numpy(x)
-    raise TypeError(
-        f"dataset items must be tensors, PIL images or NumPy arrays (or tuples starting with one), "
-        f"got {type(x).__name__}"
-    )
-
-
-def _fits_on(x: Tensor, device: torch.device) -> bool:
-    """Whether the whole of ``x`` should live on ``device``: on the CPU always; on CUDA when it
-    takes at most half of the free memory."""
-    if device.type != "cuda":
-        return True
-    free, _ = torch.cuda.mem_get_info(device)
-    return x.numel() * x.element_size() <= free // 2
-
-
-def _tensor_of(data: Any) -> tuple[Tensor, Tensor | None] | None:
-    """The ``x`` tensor of data that can take the fast path and its labels (``None`` when it
-    has none), or ``None``."""
-    if isinstance(data, Tensor):
-        return data, None
-    if type(data).__module__ == "numpy" and hasattr(data, "shape"):
-        return torch.from_numpy(data), None
-    if isinstance(data, TensorDataset):
-        return data.tensors[0], data.tensors[1] if len(data.tensors) > 1 else None
-    if isinstance(data, Subset) and isinstance(data.dataset, TensorDataset):
-        indices = torch.as_tensor(list(data.indices), dtype=torch.long)
-        tensors = [t.index_select(0, indices) for t in data.dataset.tensors[:2]]
-        return tensors[0], tensors[1] if len(tensors) > 1 else None
-    if isinstance(data, (tuple, list)) and data and isinstance(data[0], Tensor):
-        if not (isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], Tensor)):
-            raise TypeError(
-                f"a {type(data).__name__} of {len(data)} tensors is ambiguous: pass one tensor "
-                "of examples (torch.cat the parts along dim 0), an (x, y) tuple of examples and "
-                "labels, or a Dataset"
-            )
-        if data[0].dim() == 0 or data[1].dim() == 0 or len(data[0]) != len(data[1]):
-            raise ValueError(
-                "the tensors of an (x, y) pair must have the same length (first dimension), got "
-                f"shapes {[tuple(t.shape) for t in data]}"
-            )
-        return data[0], data[1]
-    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,11 +85,8 @@ class Batches:
                 ``DataLoader`` starts its iterator from it (see ``LoaderBatches``); the
                 other kinds ignore it, their order depends on the seed and the epoch alone.
         """
-        if not (isinstance(epoch, int) and epoch >= 0):
-            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-        if not (isinstance(skip, int) and skip >= 0):
-            raise ValueError(f"skip must be a non-negative int, got {skip!r}")
-        self.epoch, self._skip = epoch, skip
+        self.epoch = check_int(epoch, "epoch", minimum=0)
+        self._skip = check_int(skip, "skip", minimum=0)
 
     @property
     def num_examples(self) -> int | None:
@@ -208,8 +105,7 @@ class Batches:
         skip, self._skip = self._skip, 0
         epoch, self.epoch = self.epoch, self.epoch + 1
         for x, y in self._epoch_batches(epoch, skip):
-            if self.transform is not None:
-                x = self.transform(x)
+            x = x if self.transform is None else self.transform(x)
             yield (x, y) if self.labels else x
 
     def _epoch_batches(self, epoch: int, skip: int) -> Iterator[tuple[Tensor, Tensor | None]]:
@@ -237,13 +133,8 @@ class _IndexedBatches(Batches):
         super().__init__()
         self.labels = labels
         self.n, self.batch_size, self.shuffle, self.device = n, batch_size, shuffle, device
-        self.drop_last, self.transform, self.rank, self.world_size = (
-            drop_last,
-            transform,
-            rank,
-            world_size,
-        )
-        self.equal_batches = equal_batches
+        self.drop_last, self.transform, self.equal_batches = drop_last, transform, equal_batches
+        self.rank, self.world_size = rank, world_size
         if shuffle:
             self.seed = int(torch.randint(SEED_BOUND, (), generator=generator))
         step = batch_size * world_size  # examples per optimizer step over all ranks
@@ -282,11 +173,8 @@ class _IndexedBatches(Batches):
 
     def _indices(self, epoch: int) -> Tensor:
         """This rank's indices for ``epoch``, on the CPU, in the order it takes them."""
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + epoch)
-            order = torch.randperm(self.n, generator=g)
-        else:
-            order = torch.arange(self.n)
+        g = torch.Generator().manual_seed(self.seed + epoch) if self.shuffle else None
+        order = torch.randperm(self.n, generator=g) if g is not None else torch.arange(self.n)
         w, b = self.world_size, self.batch_size
         if w == 1:
             return order[: self._shard]
@@ -310,15 +198,11 @@ class TensorBatches(_IndexedBatches):
     def __init__(self, x: Tensor, y: Tensor | None = None, **kwargs: Any) -> None:
         if x.dim() == 0 or x.shape[0] == 0:
             raise ValueError(f"data is empty: got a tensor of shape {tuple(x.shape)}")
-        _check_dtype(x, "data")
+        check_dtype(x, "data")
         super().__init__(x.shape[0], **kwargs)
         if self.labels and y is None:
-            raise ValueError(
-                "labels=True (a conditional model) needs data with labels: an (x, y) pair of "
-                "tensors, a TensorDataset(x, y), a Dataset of (x, y) items or a DataLoader of "
-                "(x, y) batches; got a tensor of examples alone"
-            )
-        self.x = x.to(self.device) if _fits_on(x, self.device) else x
+            raise ValueError(_NO_LABELS + "; got a tensor of examples alone")
+        self.x = x.to(self.device) if fits_on(x, self.device) else x
         # the labels sit beside x, so one index picks both
         self.y = y.to(self.x.device) if self.labels and y is not None else None
 
@@ -346,29 +230,24 @@ class DatasetBatches(_IndexedBatches):
         for b in range(skip, len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             raw = [self.dataset[i] for i in idx]
-            items = [_item_tensor(item) for item in raw]
+            items = [item_tensor(item) for item in raw]
             try:
                 x = torch.stack(items)
             except RuntimeError as err:
                 shapes = sorted({tuple(t.shape) for t in items})
                 raise ValueError(f"dataset items differ in shape: {shapes}") from err
-            y = None
-            if self.labels:
-                y = _stack_labels([_second(item, "dataset items") for item in raw])
-                y = y.to(self.device)
-            yield to_float(x, self.device, dtype=self.dtype), y
+            y = stack_labels([second_of(i, "dataset items") for i in raw]) if self.labels else None
+            yield to_float(x, self.device, dtype=self.dtype), y if y is None else y.to(self.device)
 
 
 class LoaderBatches(Batches):
     """A ``DataLoader`` used as it is; ``x`` of each batch is converted (and ``y`` kept with
     ``labels``).
 
-    Its iterator draws from torch's global generator when it starts (a ``RandomSampler``'s
-    order, the workers' base seed), as in a plain training loop. To continue an epoch after
-    ``skip`` batches as it began, give :meth:`set_epoch` the generator state the epoch started
-    with: the iterator is then started from that state and the skipped batches are read with
-    every generator (torch's, Python's, NumPy's) put back afterwards, so the rest of the epoch
-    sees the same batches and draws the same numbers as the uninterrupted epoch.
+    Its iterator draws from torch's global generator when it starts. To continue an epoch
+    after ``skip`` batches, :meth:`set_epoch` takes the generator state the epoch began with:
+    the iterator restarts from it, skips the batches, and every generator is put back, so the
+    rest of the epoch equals the uninterrupted one.
     """
 
     def __init__(
@@ -446,7 +325,7 @@ class LoaderBatches(Batches):
         for b, batch in enumerate(batches):
             if b < skip:
                 continue
-            x = _first(batch)
+            x = first_of(batch)
             if not isinstance(x, Tensor):
                 raise TypeError(
                     "a DataLoader batch must be a tensor or a tuple/list starting with one, got "
@@ -454,7 +333,7 @@ class LoaderBatches(Batches):
                 )
             y = None
             if self.labels:
-                y = torch.as_tensor(_second(batch, "DataLoader batches")).to(self.device)
+                y = torch.as_tensor(second_of(batch, "DataLoader batches")).to(self.device)
             yield to_float(x, self.device, dtype=self.dtype), y
 
 
@@ -479,10 +358,9 @@ def make_batches(
     """Batches of ``x`` as float tensors on ``device``, from any supported kind of data.
 
     Args:
-        data: A tensor ``(n, ...)``, a NumPy array, a tuple ``(x,)``/``(x, y)`` of tensors, a
+        data: A tensor ``(n, ...)``, a NumPy array, an ``(x, y)`` tuple of tensors, a
             ``TensorDataset`` (or a ``Subset`` of one), a map-style ``Dataset`` (items ``x`` or
-            ``(x, y, ...)``; PIL images are read like ``ToTensor`` does), or a ``DataLoader``.
-            Labels are dropped unless ``labels``.
+            ``(x, y, ...)``; PIL images as ``ToTensor`` reads them), or a ``DataLoader``.
         batch_size: Examples per batch (ignored for a ``DataLoader``, which has its own).
         shuffle: Draw a new permutation every epoch (ignored for a ``DataLoader``).
         generator: Source of the shuffle's seed (one draw, at construction); the global torch
@@ -492,18 +370,13 @@ def make_batches(
             global batch of ``batch_size * world_size``).
         transform: A callable applied to every float batch on the device (e.g. binarization).
         rank: This process's rank, from 0.
-        world_size: Number of processes. Every epoch's shared permutation is cut into global
-            batches of ``batch_size * world_size`` examples, and each rank takes its
-            ``batch_size`` of every one: rank ``r`` takes the examples at positions ``r``,
-            ``r + world_size``, ... of the global batch. The shards are disjoint and the union
-            of the ranks' ``k``-th batches is the ``k``-th batch of a single process with
-            batch ``batch_size * world_size``.
-        equal_batches: With ``world_size > 1``, make every rank yield the same number of
-            batches (needed for training, where each step is a collective): the last global
-            batch is split over the ranks, sizes differing by at most one, and when it holds
-            fewer examples than there are ranks it is padded with the epoch's first examples.
-            ``False`` (for evaluation): each rank takes every ``world_size``-th example of the
-            permutation, no example twice, and the ranks' batch counts may differ.
+        world_size: Number of processes. Each epoch's permutation is cut into global batches of
+            ``batch_size * world_size``; rank ``r`` takes positions ``r``, ``r + world_size``,
+            ... of each, so the ranks' ``k``-th batches together are a single process's.
+        equal_batches: With ``world_size > 1``, every rank yields as many batches (training:
+            each step is a collective; the last global batch is split, padded with the epoch's
+            first examples when too small). ``False`` (evaluation): every ``world_size``-th
+            example, none twice; the ranks' batch counts may differ.
         dtype: Cast floating-point data to this dtype (a model's parameter dtype: NumPy's
             float64 arrays then train a float32 model); ``None`` keeps it.
         labels: Yield ``(x, y)`` pairs (what a conditional model's ``loss(x, y)`` takes): ``y``
@@ -515,10 +388,9 @@ def make_batches(
         epoch, ``set_epoch(e)`` fixes the order, ``num_examples`` counts the examples yielded.
 
     Raises:
-        ValueError: Empty data, ``batch_size`` not a positive int, a bad ``rank``/``world_size``
-            or ``device``, tensors of different lengths in a tuple, fewer examples than
-            ``world_size``, or ``labels`` with data that has none (items and ``DataLoader``
-            batches are checked as they are read).
+        ValueError: Empty data, a bad ``batch_size``, ``rank``, ``world_size`` or ``device``,
+            an ``(x, y)`` of different lengths, fewer examples than ``world_size``, or
+            ``labels`` with data that has none.
         TypeError: A kind of data it cannot read, a non-numeric dtype, or a ``transform`` that
             is not callable.
 
@@ -563,7 +435,7 @@ def make_batches(
 
 
 def _indexed(data: Any, **options: Any) -> _IndexedBatches:
-    pair = _tensor_of(data)
+    pair = tensors_of(data)
     if pair is not None:
         return TensorBatches(*pair, **options)
     if isinstance(data, IterableDataset):

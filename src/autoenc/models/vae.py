@@ -279,11 +279,7 @@ class GaussianVAE(ReconstructionModel):
 
     @torch.no_grad()
     def sample(
-        self,
-        n: int,
-        *,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
+        self, n: int, *, generator: torch.Generator | None = None, device: Any = None
     ) -> Tensor:
         """Decode ``n`` draws from the prior :math:`\\mathcal N(0, I)` (the likelihood's means).
 
@@ -292,9 +288,8 @@ class GaussianVAE(ReconstructionModel):
             generator: Optional generator for reproducible draws.
             device: Where to draw; defaults to the model's device.
         """
-        check_int(n, "n")
         device = model_device(self, device)
-        z = torch.randn(n, self.latent_dim, generator=generator, device=device)
+        z = torch.randn(check_int(n, "n"), self.latent_dim, generator=generator, device=device)
         with eval_mode(self):
             return self.decode(z)
 

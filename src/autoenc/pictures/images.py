@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from autoenc._utils import model_device, model_dtype
-from autoenc.data.batching import to_float
+from autoenc.data.conversion import to_float
 
 __all__ = ["as_images", "image_grid", "to_uint8", "save_image"]
 
