@@ -116,6 +116,19 @@ class LatentDiagnostics:
         return self.kl_per_dim.sum().item()
 
 
+def _batches(model: Any, data: Any, batch_size: int, device: Any, transform: Any) -> Any:
+    """Batches in the model's dtype, with the conditions for a conditional model."""
+    conditional = getattr(model, "conditional", False) is True
+    return make_batches(
+        data,
+        batch_size=batch_size,
+        device=device,
+        transform=transform,
+        dtype=model_dtype(model),
+        labels=conditional,
+    )
+
+
 def _progress(batches: Iterable[Tensor], progress: bool, desc: str) -> Iterable[Tensor]:
     if not progress:
         return batches
@@ -220,14 +233,7 @@ def log_likelihood(
     estimates: list[Tensor] = []
     dims, warned = 0, False
     with eval_mode(model):
-        batches = make_batches(
-            data,
-            batch_size=batch_size,
-            device=device,
-            transform=transform,
-            dtype=model_dtype(model),
-            labels=conditional,
-        )
+        batches = _batches(model, data, batch_size, device, transform)
         for batch in _progress(batches, progress, "log p(x)"):
             x, c = batch if conditional else (batch, None)
             model.check_input(x)
@@ -318,14 +324,7 @@ def latent_diagnostics(
     m2 = torch.zeros_like(mean)
     kl_sum = torch.zeros_like(mean)
     with eval_mode(model):
-        for batch in make_batches(
-            data,
-            batch_size=batch_size,
-            device=device,
-            transform=transform,
-            dtype=model_dtype(model),
-            labels=conditional,
-        ):
+        for batch in _batches(model, data, batch_size, device, transform):
             x, *c = batch if conditional else (batch,)  # c: [the conditions] or []
             model.check_input(x)
             q = model.encode(x, *c)
