@@ -27,7 +27,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from autoenc._utils import check_int, check_number, eval_mode, model_device, model_dtype
+from autoenc._utils import (
+    check_int,
+    check_number,
+    check_precision,
+    eval_mode,
+    flush_denormals,
+    model_device,
+    model_dtype,
+)
 from autoenc.data.batching import make_batches
 from autoenc.likelihoods import Bernoulli, Likelihood
 from autoenc.models.vae import GaussianVAE, check_vae, log_weights, resolve_likelihood
@@ -135,7 +143,7 @@ def _progress(batches: Iterable[Tensor], progress: bool, desc: str) -> Iterable[
     try:
         from tqdm.auto import tqdm
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError('progress=True needs tqdm: pip install "autoenc[progress]"') from err
+        raise ImportError('progress=True needs tqdm: pip install tqdm (or the ".[progress]" extra)') from err
     return tqdm(batches, desc=desc, total=len(batches) if hasattr(batches, "__len__") else None)
 
 
@@ -153,6 +161,7 @@ def log_likelihood(
     device: torch.device | str | None = None,
     transform: Callable[[Tensor], Tensor] | None = None,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> LogLikelihood:
     r"""Importance-sampled :math:`\log p(x)` of every example, with the encoder as proposal.
 
@@ -194,7 +203,11 @@ def log_likelihood(
         likelihood: Evaluate under this likelihood instead of the model's own.
         device: Where to compute; defaults to the model's device.
         transform: Applied to each batch before it is encoded (e.g. a fixed binarization).
-        progress: Show a tqdm bar over the batches (needs ``autoenc[progress]``).
+        progress: Show a tqdm bar over the batches (needs the ``progress`` extra).
+        precision: ``"fp32"``; ``"bf16"`` runs the decoder passes in bfloat16 (the densities
+            and the logsumexp stay in the model's dtype); ``"auto"`` picks ``"bf16"`` where the
+            CPU runs it natively. Denormal floats are flushed to zero during the estimate (the
+            caller's setting comes back afterwards).
 
     Returns:
         A :class:`LogLikelihood` with the per-example estimates and ``nll``, ``stderr`` and
@@ -232,7 +245,8 @@ def log_likelihood(
 
     estimates: list[Tensor] = []
     dims, warned = 0, False
-    with eval_mode(model):
+    precision = check_precision(precision, torch.device(device))
+    with eval_mode(model), flush_denormals():
         batches = _batches(model, data, batch_size, device, transform)
         for batch in _progress(batches, progress, "log p(x)"):
             x, c = batch if conditional else (batch, None)
@@ -250,7 +264,7 @@ def log_likelihood(
                 # One draw per sample keeps the stream the same whatever the chunking.
                 draws = [torch.randn(q.mu.shape, generator=generator, **like) for _ in range(n)]
                 eps = torch.stack(draws)  # (n, b, latent)
-                log_px_z, log_ratio = log_weights(model, lik, x, q, eps, c)
+                log_px_z, log_ratio = log_weights(model, lik, x, q, eps, c, precision=precision)
                 total = torch.logaddexp(total, torch.logsumexp(log_px_z + log_ratio, dim=0))
             estimates.append((total - math.log(k)).cpu())
     if not estimates:

@@ -15,7 +15,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from autoenc._utils import check_choice, check_int, check_number, eval_mode, model_device
+from autoenc._utils import (
+    autocast,
+    check_choice,
+    check_int,
+    check_number,
+    eval_mode,
+    model_device,
+)
 from autoenc.functional import (
     gaussian_kl,
     gaussian_kl_from_std,
@@ -332,6 +339,8 @@ def log_weights(
     q: Posterior,
     eps: Tensor,
     c: Tensor | None = None,
+    *,
+    precision: str = "fp32",
 ) -> tuple[Tensor, Tensor]:
     r"""``log p(x|z_k)`` and ``log p(z_k) - log q(z_k|x)``, each ``(k, b)``, at ``mu + std * eps``.
 
@@ -340,16 +349,19 @@ def log_weights(
     ``sqrt(1e-8 + sigma**2)``, matching the KL the model trains on). For a conditional model
     ``c`` is its condition (``(b, ...)``): the weights are those of
     :math:`\log p(x \mid c)`, with the decoder and the prior :math:`p(z \mid c)` taking ``c``.
+    With ``precision="bf16"`` only the decoder runs in bfloat16; the densities are summed in
+    the model's dtype.
     """
     k, b, latent = eps.shape
     z = q.mu + torch.exp(0.5 * q.logvar) * eps  # (k, b, latent)
     flat = z.reshape(k * b, latent)
-    if c is not None:  # a ConditionalVAE: the k draws of an example share its condition
-        params = model.decode_params(flat, c.repeat(k, *(1,) * (c.dim() - 1)))  # (k * b, ...)
-        mu_p, logvar_p = model.prior_params(c)  # (b, latent) each
-    else:
-        params, mu_p, logvar_p = model.decoder(flat), 0.0, 0.0
-    params = params.reshape(k, *x.shape)  # (k, b, *shape)
+    mu_p, logvar_p = (0.0, 0.0) if c is None else model.prior_params(c)  # (b, latent) each
+    with autocast(precision, z.device):
+        if c is not None:  # a ConditionalVAE: the k draws of an example share its condition
+            params = model.decode_params(flat, c.repeat(k, *(1,) * (c.dim() - 1)))  # (k * b, ...)
+        else:
+            params = model.decoder(flat)
+    params = params.to(z.dtype).reshape(k, *x.shape)  # (k, b, *shape)
     nll = likelihood.nll(params, x.expand(k, *x.shape))
     log_px_z = -nll.flatten(2).sum(dim=2)  # (k, b); reshape(k, b, -1) fails at b = 0
     # log q(z|x) = log N(eps; 0, I) - logvar / 2 exactly, without recovering eps from z - mu.
