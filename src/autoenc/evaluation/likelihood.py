@@ -143,7 +143,7 @@ def _progress(batches: Iterable[Tensor], progress: bool, desc: str) -> Iterable[
     try:
         from tqdm.auto import tqdm
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError('progress=True needs tqdm: pip install tqdm (or the ".[progress]" extra)') from err
+        raise ImportError("progress=True needs tqdm: pip install tqdm") from err
     return tqdm(batches, desc=desc, total=len(batches) if hasattr(batches, "__len__") else None)
 
 
