@@ -30,6 +30,9 @@ __all__ = [
     "check_modules",
     "check_decoder_output",
     "module_config",
+    "check_clamp",
+    "split_posterior",
+    "elbo_loss",
 ]
 
 REDUCTIONS = ("sum", "mean")
@@ -246,3 +249,47 @@ class ReconstructionModel(nn.Module):
         encoder = build_network(kwargs.pop("encoder"))
         decoder = build_network(kwargs.pop("decoder"))
         return cls(encoder, decoder, **kwargs)
+
+
+# -- the parts of models with a diagonal Gaussian latent ------------------------------------
+
+
+def check_clamp(logvar_clamp: Any) -> tuple[float, float]:
+    """``(low, high)`` log-variance bounds as floats, or a ``ValueError``."""
+    try:
+        low, high = (float(v) for v in logvar_clamp)
+    except (TypeError, ValueError):
+        low = high = math.nan
+    if not low < high:
+        raise ValueError(f"logvar_clamp must be (low, high) with low < high, got {logvar_clamp!r}")
+    return low, high
+
+
+def split_posterior(
+    h: Tensor, latent_dim: int, clamp: tuple[float, float], posterior: str = "logvar"
+) -> Posterior:
+    """The diagonal Gaussian of an encoder output ``h`` ``(b, 2 * latent_dim)``: its first half
+    is the mean, its second the clamped log-variance (or, with ``"sigma"``, sigma itself)."""
+    if h.dim() != 2 or h.shape[1] != 2 * latent_dim:
+        raise ValueError(
+            f"the encoder must emit (b, 2 * latent_dim) = (b, {2 * latent_dim}) features, "
+            f"got {tuple(h.shape)}"
+        )
+    mu, second = h.chunk(2, dim=1)  # (b, latent_dim) each
+    if posterior == "sigma":
+        return Posterior(mu, torch.log(1e-8 + second.pow(2)), second)
+    logvar = second.clamp(*clamp)
+    return Posterior(mu, logvar, torch.exp(0.5 * logvar))
+
+
+def elbo_loss(model: Any, recon: Tensor, kl_elem: Tensor, x: Tensor) -> LossOutput:
+    """``recon + beta * kl`` of a Gaussian-latent model with its ``beta``, ``free_bits`` and
+    ``reduction``; ``kl_elem`` is the KL per example and latent dimension ``(b, latent_dim)``.
+    Free bits lift the training KL only; the logged ``kl`` is the true one."""
+    kl = kl_train = model.reduce(kl_elem, x)
+    if model.free_bits > 0:
+        kl_train = kl_elem.mean(dim=0).clamp(min=model.free_bits).sum()
+        if model.reduction == "mean":
+            kl_train = kl_train / math.prod(x.shape[1:])
+    loss = torch.add(recon, kl_train, alpha=model.beta)  # recon + beta * kl, one op
+    return LossOutput(loss=loss, recon=recon.detach(), kl=kl.detach())

@@ -34,9 +34,12 @@ from autoenc.models.base import (
     Posterior,
     ReconstructionModel,
     VAEOutput,
+    check_clamp,
     check_decoder_output,
     check_modules,
+    elbo_loss,
     module_config,
+    split_posterior,
 )
 
 __all__ = ["ConditionalVAE"]
@@ -133,9 +136,7 @@ class ConditionalVAE(ReconstructionModel):
                 check_int(value, name)
         check_choice(prior, _PRIORS, "prior")
         check_choice(reduction, REDUCTIONS, "reduction")
-        low, high = (float(v) for v in logvar_clamp)
-        if not low < high:
-            raise ValueError(f"logvar_clamp must be (low, high), low < high, got {logvar_clamp!r}")
+        low, high = check_clamp(logvar_clamp)
         width = embedding_dim or num_classes or condition_dim
         in_shape = tuple(getattr(encoder, "in_shape", ()))
         if encoder_input is None:
@@ -234,15 +235,7 @@ class ConditionalVAE(ReconstructionModel):
                     f"(the condition), but x has {x[0].numel()} features per example, so the "
                     f"joined input has {joined.shape[1]}"
                 )
-        out = self.encoder(joined)  # (b, 2 * latent_dim)
-        if out.dim() != 2 or out.shape[1] != 2 * self.latent_dim:
-            raise ValueError(
-                f"the encoder must emit (b, 2 * latent_dim) = (b, {2 * self.latent_dim}) "
-                f"features, got {tuple(out.shape)}"
-            )
-        mu, logvar = out.chunk(2, dim=1)
-        logvar = logvar.clamp(*self.logvar_clamp)
-        return Posterior(mu, logvar, torch.exp(0.5 * logvar))
+        return split_posterior(self.encoder(joined), self.latent_dim, self.logvar_clamp)
 
     def encode(self, x: Tensor, c: Tensor) -> Posterior:
         r"""The posterior :math:`q(z \mid x, c)` of a batch."""
@@ -281,14 +274,7 @@ class ConditionalVAE(ReconstructionModel):
         if self.validate:
             cond = self.condition_vector(c, out.z.shape[0])
             self.warn_if_probabilities(out.params, torch.cat([out.z, cond], dim=1))
-        recon = self.recon(out.params, x)
-        kl_elem = self.kl_elementwise(out, c)  # (b, latent_dim)
-        kl = kl_train = self.reduce(kl_elem, x)
-        if self.free_bits > 0:
-            kl_train = kl_elem.mean(dim=0).clamp(min=self.free_bits).sum()
-            kl_train = kl_train / (math.prod(x.shape[1:]) if self.reduction == "mean" else 1)
-        loss = torch.add(recon, kl_train, alpha=self.beta)
-        return LossOutput(loss=loss, recon=recon.detach(), kl=kl.detach())
+        return elbo_loss(self, self.recon(out.params, x), self.kl_elementwise(out, c), x)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, c: Tensor) -> Tensor:

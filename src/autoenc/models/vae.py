@@ -36,12 +36,22 @@ from autoenc.models.base import (
     Posterior,
     ReconstructionModel,
     VAEOutput,
+    check_clamp,
     check_decoder_output,
     check_modules,
+    elbo_loss,
     module_config,
+    split_posterior,
 )
 
-__all__ = ["GaussianVAE", "IWAETerms", "iwae_terms", "iwae_bound", "log_weights", "check_vae"]
+__all__ = [
+    "GaussianVAE",
+    "IWAETerms",
+    "iwae_terms",
+    "iwae_bound",
+    "log_weights",
+    "check_vae",
+]
 
 _POSTERIORS = ("logvar", "sigma")
 _OBJECTIVES = ("elbo", "iwae")
@@ -147,14 +157,7 @@ class GaussianVAE(ReconstructionModel):
         check_choice(reduction, REDUCTIONS, "reduction")
         beta = check_number(beta, "beta", low=0)
         free_bits = check_number(free_bits, "free_bits", low=0)
-        try:
-            low, high = (float(v) for v in logvar_clamp)
-        except (TypeError, ValueError):
-            low = high = math.nan
-        if not low < high:
-            raise ValueError(
-                f"logvar_clamp must be (low, high) with low < high, got {logvar_clamp!r}"
-            )
+        low, high = check_clamp(logvar_clamp)
         enc_out = getattr(encoder, "out_features", None)
         if enc_out is not None and enc_out != 2 * latent_dim:
             raise ValueError(
@@ -178,17 +181,7 @@ class GaussianVAE(ReconstructionModel):
 
     def encode(self, x: Tensor) -> Posterior:
         """The posterior :math:`q(z|x)` of a batch, as a :class:`Posterior`."""
-        h = self.encoder(x)  # (b, 2 * latent_dim)
-        if h.dim() != 2 or h.shape[1] != 2 * self.latent_dim:
-            raise ValueError(
-                f"the encoder must emit (b, 2 * latent_dim) = (b, {2 * self.latent_dim}) features, "
-                f"got {tuple(h.shape)}"
-            )
-        mu, second = h.chunk(2, dim=1)  # (b, latent_dim) each
-        if self.posterior == "sigma":
-            return Posterior(mu, torch.log(1e-8 + second.pow(2)), second)
-        logvar = second.clamp(*self.logvar_clamp)
-        return Posterior(mu, logvar, torch.exp(0.5 * logvar))
+        return split_posterior(self.encoder(x), self.latent_dim, self.logvar_clamp, self.posterior)
 
     def embed(self, x: Tensor) -> Tensor:
         """The deterministic code of ``x``: the posterior mean, ``(b, latent_dim)``."""
@@ -258,16 +251,7 @@ class GaussianVAE(ReconstructionModel):
         out = self.forward(x, eps=eps)
         if self.validate:
             self.warn_if_probabilities(out.params, out.z)
-        recon = self.recon(out.params, x)
-        kl_elem = self.kl_elementwise(out)  # (b, latent_dim)
-        kl = self.reduce(kl_elem, x)
-        kl_train = kl
-        if self.free_bits > 0:
-            kl_train = kl_elem.mean(dim=0).clamp(min=self.free_bits).sum()
-            if self.reduction == "mean":
-                kl_train = kl_train / math.prod(x.shape[1:])
-        loss = torch.add(recon, kl_train, alpha=self.beta)  # recon + beta * kl, one op
-        return LossOutput(loss=loss, recon=recon.detach(), kl=kl.detach())
+        return elbo_loss(self, self.recon(out.params, x), self.kl_elementwise(out), x)
 
     def _iwae_loss(self, x: Tensor, eps: Tensor | None) -> LossOutput:
         t = iwae_terms(self, x, self.k, eps=eps)  # (b,) each
