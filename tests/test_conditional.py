@@ -614,3 +614,24 @@ def test_the_example_trains_and_draws_the_class_grid(tmp_path):
 
 if __name__ == "__main__" and sys.argv[1:2] == ["ddp"]:
     _ddp_worker(Path(sys.argv[2]), sys.argv[3])
+
+
+def test_image_snapshots_draw_every_class_and_refuse_x_without_labels(tmp_path):
+    """Prior samples of a class-conditional model cycle through the classes; reconstructing x
+    would need its labels, so ImageSnapshots(x=...) is refused before training starts."""
+    from autoenc import ImageSnapshots, fit
+    from autoenc.pictures import prior_samples
+
+    torch.manual_seed(0)
+    model = ConditionalVAE(Encoder(6 + 3, [8], 4), Decoder(2 + 3, [8], (1, 2, 3)), 2, num_classes=3)
+    samples = prior_samples(model, 6, seed=1)
+    by_class = model.sample(6, c=torch.tensor([0, 1, 2, 0, 1, 2]),
+                            generator=torch.Generator().manual_seed(1))  # fmt: skip
+    torch.testing.assert_close(samples, by_class)
+    x, y = torch.rand(8, 1, 2, 3).round(), torch.randint(0, 3, (8,))
+    fit(model, (x, y), epochs=1, batch_size=4, verbose=False,
+        callbacks=[ImageSnapshots(tmp_path, n_samples=6)])  # fmt: skip
+    assert (tmp_path / "samples_epoch001.png").is_file()
+    with pytest.raises(ValueError, match="without its labels"):
+        fit(model, (x, y), epochs=1, batch_size=4, verbose=False,
+            callbacks=[ImageSnapshots(tmp_path, x)])  # fmt: skip

@@ -72,6 +72,12 @@ class Frames:
         return self.n_samples > 0 and can_sample
 
     def check(self, model: nn.Module, owner: str) -> None:
+        if self.x is not None and getattr(model, "conditional", False) is True:
+            raise ValueError(
+                f"{owner} reconstructs x without its labels, which a conditional model "
+                f"({type(model).__name__}) needs: leave x=None to draw samples of every class, "
+                "or draw autoenc.pictures.class_grid in a callback of your own"
+            )
         if self.x is None and not self.samples_from(model):
             raise ValueError(
                 f"{owner} has nothing to draw: give it a batch x to reconstruct, or train a model "

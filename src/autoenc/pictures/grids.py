@@ -104,6 +104,7 @@ def prior_samples(model: nn.Module, n: int = 64, *, seed: int = 0) -> Tensor:
 
     A model with ``decode`` and an int ``latent_dim`` gets ``z ~ N(0, I)`` drawn on the CPU
     with a generator seeded by ``seed`` (so the draws are the same on every device) and decoded;
+    a conditional model with ``num_classes`` samples the classes in turn (0, 1, ..., 0, 1, ...);
     any other model with ``sample`` gets ``model.sample(n, generator=...)`` with a seeded
     generator on its device.
 
@@ -124,6 +125,12 @@ def prior_samples(model: nn.Module, n: int = 64, *, seed: int = 0) -> Tensor:
         raise ValueError(f"n must be a positive int, got {n!r}")
     device = model_device(model)
     latent_dim = getattr(model, "latent_dim", None)
+    classes = getattr(model, "num_classes", None)
+    if getattr(model, "conditional", False) is True and isinstance(classes, int):
+        generator = torch.Generator(device=device).manual_seed(seed)
+        with eval_mode(model):
+            c = torch.arange(n, device=device) % classes
+            return model.sample(n, c=c, generator=generator).float().cpu()
     if callable(getattr(model, "decode", None)) and isinstance(latent_dim, int):
         z = torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed))
         return _decode(model, z)
