@@ -635,3 +635,20 @@ def test_image_snapshots_draw_every_class_and_refuse_x_without_labels(tmp_path):
     with pytest.raises(ValueError, match="without its labels"):
         fit(model, (x, y), epochs=1, batch_size=4, verbose=False,
             callbacks=[ImageSnapshots(tmp_path, x)])  # fmt: skip
+
+
+def test_importance_weights_repeat_a_vector_condition_for_every_sample():
+    """With float-vector conditions, each of the k draws of an example is decoded under that
+    example's own vector: the bound equals one computed example by example."""
+    from autoenc.models import iwae_terms
+
+    torch.manual_seed(0)
+    model = ConditionalVAE(Encoder(6 + 2, [8], 4), Decoder(2 + 2, [8], 6), 2, condition_dim=2)
+    x, c = torch.rand(3, 6).round(), torch.randn(3, 2)
+    eps = torch.randn(4, 3, 2)
+    together = iwae_terms(model, x, 4, eps=eps, c=c).loss
+    alone = torch.cat(
+        [iwae_terms(model, x[i : i + 1], 4, eps=eps[:, i : i + 1], c=c[i : i + 1]).loss
+         for i in range(3)]
+    )  # fmt: skip
+    torch.testing.assert_close(together, alone)

@@ -427,3 +427,15 @@ def test_diagnostics_bad_arguments():
             latent_diagnostics(vae, x, **kwargs)
     with pytest.raises(ValueError, match="at least two"):
         latent_diagnostics(vae, x[:1])
+
+
+def test_bf16_decoder_passes_give_a_float_estimate_close_to_fp32():
+    """precision="bf16" runs only the decoder in bfloat16: the estimates stay in the model's
+    dtype and within bf16 rounding of the fp32 ones."""
+    torch.manual_seed(0)
+    vae = GaussianVAE(Encoder(12, [16], 4), Decoder(2, [16], 12), latent_dim=2)
+    x = torch.rand(20, 12).round()
+    fp32 = log_likelihood(vae, x, k=8, seed=0)
+    bf16 = log_likelihood(vae, x, k=8, seed=0, precision="bf16")
+    assert bf16.log_px.dtype == torch.float32
+    torch.testing.assert_close(bf16.log_px, fp32.log_px, rtol=0.02, atol=0.1)
