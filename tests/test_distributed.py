@@ -183,7 +183,12 @@ def _wait(procs: list[subprocess.Popen], timeout: float) -> list[tuple[int, str,
 def two_ranks(tmp_path_factory):
     """Runs tests/_ddp_worker.py main on two processes once; the results of both ranks."""
     out = tmp_path_factory.mktemp("ddp")
-    runs = _wait(_launch("main", out, str(_free_port())), timeout=240)
+    # A port found free can be taken (by gloo's own connections) before a worker listens on
+    # it: try again with new ports when that is what failed.
+    for _ in range(3):
+        runs = _wait(_launch("main", out, str(_free_port())), timeout=240)
+        if not any("EADDRINUSE" in stderr for _, _, stderr in runs):
+            break
     for code, stdout, stderr in runs:
         assert code == 0, f"a worker failed:\n{stdout}\n{stderr}"
     return out, runs, [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
