@@ -31,6 +31,7 @@ __all__ = [
     "check_decoder_output",
     "module_config",
     "check_clamp",
+    "check_encoder_width",
     "split_posterior",
     "elbo_loss",
 ]
@@ -263,6 +264,17 @@ def check_clamp(logvar_clamp: Any) -> tuple[float, float]:
     if not low < high:
         raise ValueError(f"logvar_clamp must be (low, high) with low < high, got {logvar_clamp!r}")
     return low, high
+
+
+def check_encoder_width(encoder: nn.Module, latent_dim: int, second: str = "logvar") -> None:
+    """Raise when an encoder that records its ``out_features`` does not emit the posterior's
+    ``2 * latent_dim`` parameters (the mean and ``second``)."""
+    enc_out = getattr(encoder, "out_features", None)
+    if enc_out is not None and enc_out != 2 * latent_dim:
+        raise ValueError(
+            f"the encoder must emit 2 * latent_dim = {2 * latent_dim} features (mean and "
+            f"{second}), but its out_features is {enc_out}"
+        )
 
 
 def split_posterior(

@@ -36,6 +36,7 @@ from autoenc.models.base import (
     VAEOutput,
     check_clamp,
     check_decoder_output,
+    check_encoder_width,
     check_modules,
     elbo_loss,
     module_config,
@@ -337,12 +338,7 @@ def _check_widths(
     encoder: nn.Module, decoder: nn.Module, latent_dim: int, width: int, encoder_input: str
 ) -> None:
     """Raise unless the networks' recorded widths leave room for the condition."""
-    enc_out = getattr(encoder, "out_features", None)
-    if enc_out is not None and enc_out != 2 * latent_dim:
-        raise ValueError(
-            f"the encoder must emit 2 * latent_dim = {2 * latent_dim} features (mean and "
-            f"log-variance), but its out_features is {enc_out}"
-        )
+    check_encoder_width(encoder, latent_dim, "log-variance")
     dec_in = getattr(decoder, "in_features", None)
     if dec_in is not None and dec_in != latent_dim + width:
         raise ValueError(

@@ -38,6 +38,7 @@ from autoenc.models.base import (
     VAEOutput,
     check_clamp,
     check_decoder_output,
+    check_encoder_width,
     check_modules,
     elbo_loss,
     module_config,
@@ -158,12 +159,7 @@ class GaussianVAE(ReconstructionModel):
         beta = check_number(beta, "beta", low=0)
         free_bits = check_number(free_bits, "free_bits", low=0)
         low, high = check_clamp(logvar_clamp)
-        enc_out = getattr(encoder, "out_features", None)
-        if enc_out is not None and enc_out != 2 * latent_dim:
-            raise ValueError(
-                f"the encoder must emit 2 * latent_dim = {2 * latent_dim} features (mean and "
-                f"{posterior}), but its out_features is {enc_out}"
-            )
+        check_encoder_width(encoder, latent_dim, posterior)
         dec_in = getattr(decoder, "in_features", None)
         if dec_in is not None and dec_in != latent_dim:
             raise ValueError(
