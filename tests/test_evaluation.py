@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from autoenc import Autoencoder, Decoder, Encoder, Gaussian, GaussianVAE
+from autoenc import Autoencoder, Bernoulli, Decoder, Encoder, Gaussian, GaussianVAE, Likelihood
 from autoenc.evaluation import (
     LatentDiagnostics,
     PosteriorCollapseWarning,
@@ -435,7 +435,26 @@ def test_bf16_decoder_passes_give_a_float_estimate_close_to_fp32():
     torch.manual_seed(0)
     vae = GaussianVAE(Encoder(12, [16], 4), Decoder(2, [16], 12), latent_dim=2)
     x = torch.rand(20, 12).round()
-    fp32 = log_likelihood(vae, x, k=8, seed=0)
+    fp32 = log_likelihood(vae, x, k=8, seed=0, precision="fp32")
     bf16 = log_likelihood(vae, x, k=8, seed=0, precision="bf16")
     assert bf16.log_px.dtype == torch.float32
     torch.testing.assert_close(bf16.log_px, fp32.log_px, rtol=0.02, atol=0.1)
+
+
+def test_the_bernoulli_estimate_matches_the_elementwise_one_and_iwae_still_trains():
+    """log_likelihood sums a Bernoulli decoder's NLL by the fast evaluation form; it must equal
+    the elementwise NLL summed (a custom likelihood's path), and the IWAE objective, which
+    trains through the same weights, must still get gradients."""
+    torch.manual_seed(0)
+    vae = GaussianVAE(Encoder(12, [16], 4), Decoder(2, [16], 12), latent_dim=2)
+    x = torch.rand(20, 12).round()
+
+    class Elementwise(Bernoulli):  # the base class's event_nll: nll summed
+        event_nll = Likelihood.event_nll
+
+    fast = log_likelihood(vae, x, k=16, seed=0, precision="fp32")
+    slow = log_likelihood(vae, x, k=16, seed=0, precision="fp32", likelihood=Elementwise())
+    torch.testing.assert_close(fast.log_px, slow.log_px, rtol=1e-6, atol=1e-4)
+    iwae = GaussianVAE(Encoder(12, [16], 4), Decoder(2, [16], 12), 2, objective="iwae", k=4)
+    iwae.loss(x).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in iwae.decoder.parameters())

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from torch.distributions import ContinuousBernoulli, Normal, kl_divergence
 
 from autoenc.functional import (
+    bernoulli_event_nll,
     bernoulli_nll,
     continuous_bernoulli_log_norm,
     gaussian_kl,
@@ -207,6 +208,22 @@ def test_bernoulli_nll_matches_a_reference_and_stays_finite() -> None:
     actual = bernoulli_nll(logits, x)
     assert torch.isfinite(actual).all()
     torch.testing.assert_close(actual.double(), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("d", [784, 13, 1, 130])  # 13 is prime: one element per product group
+def test_bernoulli_event_nll_is_the_summed_nll_for_draws_sharing_a_batch(d: int) -> None:
+    g = torch.Generator().manual_seed(d)
+    logits = torch.randn(5, 3, d, generator=g) * 30  # far into both tails
+    x = torch.rand(3, d, generator=g)
+    x[0] = x[0].round()  # binary and fractional targets
+    expected = bernoulli_nll(logits.double(), x.double().expand(5, 3, d)).sum(-1)
+    actual = bernoulli_event_nll(logits, x)
+    assert actual.shape == (5, 3) and actual.dtype == torch.float32
+    torch.testing.assert_close(actual.double(), expected, rtol=1e-6, atol=1e-3)
+    # all of a thousand factors near 2: the grouped products must not overflow
+    torch.testing.assert_close(
+        bernoulli_event_nll(torch.zeros(1000), torch.ones(1000)), torch.tensor(1000 * math.log(2))
+    )
 
 
 # --- continuous Bernoulli

@@ -8,7 +8,7 @@ The package is in layers whose imports point one way: maths (:mod:`autoenc.funct
 
 from __future__ import annotations
 
-from autoenc._utils import __version__
+from autoenc._utils import __version__, native_bf16
 from autoenc.evaluation import (
     LatentDiagnostics,
     LogLikelihood,
@@ -70,6 +70,7 @@ from autoenc.training import (
 
 __all__ = [
     "__version__",
+    "native_bf16",
     # networks
     "Encoder",
     "Decoder",

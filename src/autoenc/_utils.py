@@ -127,12 +127,18 @@ def model_dtype(model: nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether bfloat16 matrix products run natively on ``device`` (so ``"bf16"`` pays).
+def native_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether bfloat16 matrix products run natively on ``device`` (so ``precision="bf16"``
+    pays, and ``"auto"`` picks it).
 
     On a CPU that needs AVX512-BF16 or AMX tiles (oneDNN emulates bf16 elsewhere, slower than
     fp32); on CUDA, a GPU with bf16 support.
+
+    Example:
+        >>> native_bf16("cpu") in (True, False)
+        True
     """
+    device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type != "cpu" or not torch.ops.mkldnn._is_mkldnn_bf16_supported():

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from autoenc._utils import LOG_2PI
-from autoenc.functional import bernoulli_nll, continuous_bernoulli_log_norm
+from autoenc.functional import bernoulli_event_nll, bernoulli_nll, continuous_bernoulli_log_norm
 
 __all__ = [
     "Likelihood",
@@ -86,6 +86,18 @@ class Likelihood(nn.Module):
             tensor(6.)
         """
         return self.nll(params, x).sum()
+
+    def event_nll(self, params: Tensor, x: Tensor) -> Tensor:
+        """:meth:`nll` summed over the last dimension, ``x`` broadcast against ``params``.
+
+        Evaluation (:func:`~autoenc.evaluation.log_likelihood`) reduces through it; subclasses
+        override it with a faster form where they have one.
+
+        Example:
+            >>> SquaredError().event_nll(torch.zeros(3, 2, 4), torch.ones(2, 4)).shape
+            torch.Size([3, 2])
+        """
+        return self.nll(params, x.expand_as(params)).sum(-1)
 
     def check_target(self, x: Tensor) -> None:
         """Raise ``ValueError`` when ``x`` is outside the likelihood's support."""
@@ -210,6 +222,11 @@ class Bernoulli(Likelihood):
 
     def nll_sum(self, params: Tensor, x: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(params, x, reduction="sum")
+
+    def event_nll(self, params: Tensor, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and params.requires_grad:  # the IWAE objective trains on it
+            return super().event_nll(params, x)
+        return bernoulli_event_nll(params, x)
 
     def mean(self, params: Tensor) -> Tensor:
         return torch.sigmoid(params)
