@@ -46,10 +46,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
-def parser(doc: str, *, runs: str, epochs: int, every: int = 1) -> argparse.ArgumentParser:
-    """The options every example has; ``runs`` is the parent folder of its run folders."""
+def parser(doc: str, *, runs: str, epochs: int | None, every: int = 1) -> argparse.ArgumentParser:
+    """The options every example has; ``runs`` is the parent folder of its run folders.
+
+    ``epochs=None`` leaves the default to the example (its preset's epochs).
+    """
     p = argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
-    p.add_argument("--epochs", type=int, default=epochs, metavar="N", help="epochs to train")
+    more = " (default: the preset's)" if epochs is None else ""
+    p.add_argument("--epochs", type=int, default=epochs, metavar="N", help="epochs to train" + more)
     p.add_argument(
         "--max-batches",
         type=int,

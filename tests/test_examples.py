@@ -145,8 +145,8 @@ def test_help_describes_every_option_with_its_default(script, monkeypatch, tmp_p
     if script == "mnist_vae.py":
         assert "--visdom" in names
     if script == "mnist_vae_recipe.py":
-        assert {"--iw-samples", "--resume"} <= names
-        assert "(default: 60)" in re.sub(r"\s+", " ", text)  # the recipe's epochs
+        assert {"--iw-samples", "--resume", "--preset", "--eval-precision"} <= names
+        assert "(default: the preset's)" in re.sub(r"\s+", " ", text)
 
 
 def test_the_readmes_run_real_examples_with_real_options(monkeypatch, tmp_path, capsys):
