@@ -1,0 +1,211 @@
+"""Time to quality: the recommended recipe against the fast preset, in one run.
+
+Three comparisons, each side by side in this run, as ratios:
+
+* **Training.** ``recommended_vae_recipe()`` as it ran before ``fit`` flushed denormal floats
+  (60 epochs, fp32, ``flush_denormals=False``) against ``fast_vae_recipe()`` (40 epochs, bf16
+  where the CPU runs it natively, denormals flushed). ``--ablation`` adds the steps between:
+  the recipe with flushing, then the fast preset in fp32. Each model is scored by the
+  importance-sampled ``-log p(x)`` (``--k`` samples, default 1000) of all 10,000 test images,
+  binarized once with seed 0.
+* **Evaluation.** The fast preset's model scored by ``log_likelihood`` of an earlier revision
+  (``--eval-base``, its fp32 defaults) and of this tree (its defaults), on the same images and
+  noise: the CPU-time ratio and the paired NLL difference.
+* **Batch 32, the article's setting.** One epoch of ``fit`` on the article's VAE against the
+  article's loop (``article.py``), interleaved, ``--repeats`` times: examples per CPU second.
+
+Every job runs in a worker process with one thread, ``--jobs`` at a time; the figures are the
+worker's CPU seconds (``time.process_time``), which depend little on other jobs on the machine.
+
+Run::
+
+    python benchmarks/bench_time_to_quality.py --ablation \
+        --json benchmarks/results/time_to_quality.json
+    python benchmarks/bench_time_to_quality.py --quick   # minutes: 2 epochs, K=20, 500 images
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+from harness import HERE, describe, machine, median, mnist, parser, table, write_json
+
+from autoenc import fit, log_likelihood, native_bf16, save
+from autoenc.data import dynamic_binarize
+from autoenc.recipes import fast_vae_recipe, recommended_vae_recipe
+
+RECIPES = {"recipe": recommended_vae_recipe, "fast": fast_vae_recipe}
+
+# Each row: (name, recipe, changes to it, flush denormals). Cumulative: each adds one change.
+TRAININGS = [
+    ("recipe, as before", "recipe", {}, False),
+    ("+ flushed denormals", "recipe", {}, True),
+    ("+ 40 epochs (fast, fp32)", "fast", {"precision": "fp32"}, True),
+    ("+ bf16 where native (fast)", "fast", {}, True),
+]
+
+EVAL_CHILD = """
+import json, sys, time, torch
+torch.set_num_threads(1)
+from autoenc import load, log_likelihood
+path, data, k, out = sys.argv[1:5]
+model, x = load(path), torch.load(data)
+start = time.process_time()
+ll = log_likelihood(model, x, k=int(k), seed=0)
+cpu = time.process_time() - start
+torch.save(ll.log_px, out)
+print(json.dumps({"cpu_s": cpu, "nll": ll.nll, "stderr": ll.stderr}))
+"""
+
+
+def test_images(root: str, n: int | None) -> torch.Tensor:
+    """The test images binarized once, seed 0 (the first ``n`` of them)."""
+    x = mnist(root, train=False).data.unsqueeze(1)[:n]
+    return dynamic_binarize(x, generator=torch.Generator().manual_seed(0))
+
+
+def train_job(name: str, recipe: str, changes: dict, flush: bool, opts: dict) -> dict:
+    """Train one recipe from seed 0, score it, save it; CPU seconds of this worker."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    r = replace(RECIPES[recipe](), **changes)
+    epochs = opts["epochs"] or r.epochs
+    train_x = mnist(opts["root"], train=True).data.unsqueeze(1)
+    steps = r.total_steps(len(train_x), epochs=epochs)
+    start, wall = time.process_time(), time.perf_counter()
+    fit(
+        r.model, train_x, epochs=epochs, batch_size=r.batch_size, lr=r.lr,
+        scheduler=r.scheduler(steps), scheduler_interval=r.scheduler_interval,
+        transform=r.transform, callbacks=r.callbacks(steps), precision=r.precision,
+        flush_denormals=flush, seed=0, device="cpu", verbose=False,
+    )  # fmt: skip
+    train_cpu, train_wall = time.process_time() - start, time.perf_counter() - wall
+    x = test_images(opts["root"], opts["n_test"])
+    start = time.process_time()
+    ll = log_likelihood(r.model, x, k=opts["k"], seed=0)
+    eval_cpu = time.process_time() - start
+    path = Path(opts["tmp"]) / f"{recipe}-{len(changes)}-{flush}.pt"
+    save(r.model, path)
+    torch.save(ll.log_px, path.with_suffix(".logpx"))
+    precision = "bf16" if r.precision == "auto" and native_bf16() else r.precision
+    return {
+        "name": name, "epochs": epochs, "precision": precision, "flush_denormals": flush,
+        "train_cpu_s": train_cpu, "train_wall_s": train_wall, "nll": ll.nll,
+        "stderr": ll.stderr, "eval_cpu_s": eval_cpu, "path": str(path),
+    }  # fmt: skip
+
+
+def base_eval_job(base: str, model_path: str, opts: dict) -> dict:
+    """Score ``model_path`` with revision ``base``'s ``log_likelihood``, in a subprocess."""
+    tmp = Path(opts["tmp"])
+    tree = tmp / "base"
+    root = HERE.parent
+    subprocess.run(
+        ["git", "-C", str(root), "worktree", "add", "--detach", str(tree), base],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    try:
+        data = tmp / "test.pt"
+        torch.save(test_images(opts["root"], opts["n_test"]), data)
+        env = {**os.environ, "PYTHONPATH": str(tree / "src"), "OMP_NUM_THREADS": "1"}
+        out = subprocess.run(
+            [sys.executable, "-c", EVAL_CHILD, model_path, str(data), str(opts["k"]),
+             str(tmp / "base.logpx")],
+            env=env, capture_output=True, text=True, check=True, cwd=tmp,
+        )  # fmt: skip
+    finally:
+        subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)])
+    return {"revision": base, **json.loads(out.stdout.strip().splitlines()[-1])}
+
+
+def batch32_job(opts: dict) -> dict:
+    """One epoch of the article's loop and of ``fit`` at batch 32, interleaved."""
+    torch.set_num_threads(1)
+    from bench_fit import run_article, run_fit  # the same contenders as bench_fit.py
+
+    dataset = mnist(opts["root"], train=True)
+    images = dataset.data.unsqueeze(1)
+    if opts["quick"]:
+        images = images[:6400]
+    limit = None if not opts["quick"] else 200
+    rates: dict[str, list[float]] = {"article": [], "fit": []}
+    for repeat in range(opts["repeats"]):
+        order = ["article", "fit"] if repeat % 2 == 0 else ["fit", "article"]
+        for name in order:
+            start = time.process_time()
+            seen = run_article(dataset, 32, limit) if name == "article" else run_fit(images, 32)
+            rates[name].append(seen / (time.process_time() - start))
+    return {name: median(values) for name, values in rates.items()} | {"all": rates}
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--jobs", type=int, default=2, help="worker processes at a time")
+    p.add_argument("--k", type=int, default=1000, help="importance samples per test image")
+    p.add_argument("--ablation", action="store_true", help="also train the rows between")
+    p.add_argument("--eval-base", default="becfb4b", help="revision whose evaluator to compare")
+    p.add_argument("--repeats", type=int, default=3, help="epochs of each batch-32 contender")
+    args = p.parse_args()
+    info = machine()
+    info["torch_threads"] = 1
+    info["native_bf16"] = native_bf16()
+    print(describe(info), f"native bf16: {info['native_bf16']}", sep="; ", flush=True)
+    trainings = TRAININGS if args.ablation else [TRAININGS[0], TRAININGS[-1]]
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = {
+            "root": args.data_root, "tmp": tmp, "k": 20 if args.quick else args.k,
+            "n_test": 500 if args.quick else None, "epochs": 2 if args.quick else None,
+            "quick": args.quick, "repeats": 1 if args.quick else args.repeats,
+        }  # fmt: skip
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            jobs = [pool.submit(train_job, *row, opts) for row in trainings]
+            batch32 = pool.submit(batch32_job, opts)
+            runs = [job.result() for job in jobs]
+            fast = runs[-1]
+            base = pool.submit(base_eval_job, args.eval_base, fast["path"], opts).result()
+            batch32 = batch32.result()
+        new_logpx = torch.load(Path(fast["path"]).with_suffix(".logpx"))
+        diff = torch.load(Path(tmp) / "base.logpx") - new_logpx  # log p(x): base - new
+    paired = (diff.mean().item(), diff.std().item() / math.sqrt(len(diff)))
+
+    recipe, fast = runs[0], runs[-1]
+    rows = [
+        [r["name"], r["epochs"], r["precision"], r["flush_denormals"], f"{r['train_cpu_s']:.0f}",
+         f"{r['train_cpu_s'] / recipe['train_cpu_s']:.3f}", f"{r['nll']:.2f} ± {r['stderr']:.2f}"]
+        for r in runs
+    ]  # fmt: skip
+    print(f"\ntraining, 1 thread each; test NLL from K = {opts['k']} importance samples")
+    print(table(["run", "epochs", "precision", "flush", "CPU-s", "x recipe", "NLL (nats)"], rows))
+    print(f"fast preset / recipe CPU time: {fast['train_cpu_s'] / recipe['train_cpu_s']:.3f}")
+    print(f"\nlog_likelihood, K = {opts['k']}, the fast preset's model, same images and noise")
+    print(table(
+        ["evaluator", "CPU-s", "NLL"],
+        [[base["revision"], f"{base['cpu_s']:.1f}", f"{base['nll']:.4f}"],
+         ["this tree", f"{fast['eval_cpu_s']:.1f}", f"{fast['nll']:.4f}"]],
+    ))  # fmt: skip
+    print(f"time ratio {base['cpu_s'] / fast['eval_cpu_s']:.2f}x; NLL difference (this tree - "
+          f"base) {paired[0]:+.4f} ± {paired[1]:.4f} nats (paired stderr)")  # fmt: skip
+    ratio = batch32["fit"] / batch32["article"]
+    print(f"\nbatch 32, article VAE, examples per CPU second: fit {batch32['fit']:.0f}, article "
+          f"loop {batch32['article']:.0f}, ratio {ratio:.2f}x")  # fmt: skip
+    write_json(args.json, {
+        "machine": info, "k": opts["k"], "runs": runs, "eval_base": base,
+        "eval_ratio": base["cpu_s"] / fast["eval_cpu_s"], "eval_nll_diff": paired,
+        "batch32": batch32, "batch32_ratio": ratio,
+        "time_ratio": fast["train_cpu_s"] / recipe["train_cpu_s"],
+    })  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
