@@ -95,6 +95,36 @@ def test_example_writes_what_it_prints(script, small_mnist, monkeypatch, tmp_pat
     assert width > 8 * 30 + 2
 
 
+@pytest.mark.parametrize(
+    "script, preset, network, precision",
+    [
+        ("mnist_ae.py", "conv", "ConvEncoder", "fp32"),
+        ("mnist_vae_recipe.py", "conv", "ConvEncoder", "auto"),
+        ("mnist_vae_recipe.py", "fast", "Encoder", "auto"),
+    ],
+)
+def test_presets_train_their_own_networks(
+    script, preset, network, precision, small_mnist, monkeypatch, tmp_path, capsys
+):
+    """--preset swaps the model (and, for recipes, the settings) and nothing else."""
+    import autoenc
+
+    seen = {}
+    real_fit = autoenc.fit
+
+    def spy(model, data, **kwargs):
+        seen["encoder"], seen["precision"] = type(model.encoder).__name__, kwargs.get("precision")
+        return real_fit(model, data, **kwargs)
+
+    monkeypatch.setattr(autoenc, "fit", spy)
+    args = ["--preset", preset, "--epochs", "1", "--max-batches", "1", "--device", "cpu"]
+    run(script, *args, monkeypatch=monkeypatch, folder=tmp_path)
+    assert seen["encoder"] == network
+    assert seen["precision"] in ((None, "fp32") if precision == "fp32" else (precision,))
+    metrics = json.loads((tmp_path / RUNS[script] / "version_0" / "metrics.json").read_text())
+    assert all(v == v for v in metrics["test"].values())  # trained and evaluated, no NaN
+
+
 def test_out_removes_only_the_files_of_an_earlier_run(small_mnist, monkeypatch, tmp_path):
     out = tmp_path / "mine"
     (out / "checkpoints").mkdir(parents=True)

@@ -26,6 +26,7 @@ __all__ = [
     "Recipe",
     "article_autoencoder",
     "article_vae",
+    "conv_autoencoder",
     "conv_vae",
     "conv_vae_recipe",
     "fast_vae_recipe",
@@ -231,6 +232,23 @@ def recommended_vae_recipe(latent_dim: int = 32, hidden: Sequence[int] = (512, 5
         warmup=0.1,
         transform=dynamic_binarize,
     )
+
+
+def conv_autoencoder(latent_dim: int = 20, channels: Sequence[int] = (32, 64)) -> Autoencoder:
+    """A convolutional counterpart of :func:`article_autoencoder`, with the same loss and code
+    width: a :class:`~autoenc.ConvEncoder` to ``latent_dim`` numbers, a mirrored
+    :class:`~autoenc.ConvDecoder` ending in a sigmoid, ``nn.MSELoss()``.
+
+    Example:
+        >>> ae = conv_autoencoder()
+        >>> ae.encoder.out_features, ae.decoder.out_shape, ae.reduction
+        (20, (1, 28, 28), 'mean')
+    """
+    encoder = ConvEncoder(MNIST_SHAPE, list(channels), latent_dim)
+    decoder = ConvDecoder(
+        latent_dim, list(reversed(channels)), MNIST_SHAPE, final_activation="sigmoid"
+    )
+    return Autoencoder(encoder, decoder, likelihood="mse", reduction="mean")
 
 
 def fast_vae_recipe(latent_dim: int = 32, hidden: Sequence[int] = (512, 512)) -> Recipe:
