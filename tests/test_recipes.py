@@ -15,7 +15,7 @@ from autoenc.recipes import Recipe, recommended_vae, recommended_vae_recipe
 
 def test_the_recommended_recipe_is_the_measured_one():
     recipe = recommended_vae_recipe()
-    # The settings docs/recipe_results.md measured: 60 epochs of 469 steps at batch 128.
+    # The settings the measured results are for: 60 epochs of 469 steps at batch 128.
     assert (recipe.epochs, recipe.batch_size, recipe.lr) == (60, 128, 1e-3)
     assert (recipe.lr_schedule, recipe.scheduler_interval, recipe.warmup) == ("cosine", "step", 0.1)
     assert recipe.transform is dynamic_binarize and recipe.likelihood == "bernoulli"

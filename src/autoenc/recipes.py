@@ -38,6 +38,15 @@ MNIST_SHAPE = (1, 28, 28)
 _LR_SCHEDULES = ("cosine", "constant")
 _HIDDEN = ("model", "transform")  # not in the repr: the model prints itself, a function's address
 
+# What the MNIST VAE recipes share besides their model, epochs and precision.
+_SETTINGS = {
+    "batch_size": 128,
+    "lr": 1e-3,
+    "lr_schedule": "cosine",
+    "scheduler_interval": "step",
+    "warmup": 0.1,
+    "transform": dynamic_binarize,
+}
 Scheduler = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 
@@ -183,7 +192,7 @@ def recommended_vae(latent_dim: int = 32, hidden: Sequence[int] = (512, 512)) ->
     reconstruction summed over pixels, averaged over the batch). Train it on binarized data:
     pass ``transform=autoenc.data.dynamic_binarize`` to :func:`autoenc.fit`.
     :func:`recommended_vae_recipe` returns it with the settings it is measured with
-    (``docs/recipe_results.md`` has what it reaches).
+    (the docs' *Measured results* page has what it reaches).
 
     Args:
         latent_dim: Size of ``z``.
@@ -208,8 +217,8 @@ def recommended_vae_recipe(latent_dim: int = 32, hidden: Sequence[int] = (512, 5
     rising linearly from 0 to 1 over the first 10% of the steps; 60 epochs; every training batch
     binarized afresh (:func:`~autoenc.data.dynamic_binarize`). Binarize the validation or
     test set once yourself, with a seeded generator, so that every evaluation sees the same
-    digits. ``examples/mnist_vae_recipe.py`` runs it; ``docs/recipe_results.md`` has what it
-    reaches.
+    digits. ``examples/mnist_vae_recipe.py`` runs it; the docs' *Measured results* page has
+    what it reaches.
 
     Args:
         latent_dim: Size of ``z``.
@@ -222,16 +231,7 @@ def recommended_vae_recipe(latent_dim: int = 32, hidden: Sequence[int] = (512, 5
         >>> recipe.transform is dynamic_binarize
         True
     """
-    return Recipe(
-        model=recommended_vae(latent_dim, hidden),
-        epochs=60,
-        batch_size=128,
-        lr=1e-3,
-        lr_schedule="cosine",
-        scheduler_interval="step",
-        warmup=0.1,
-        transform=dynamic_binarize,
-    )
+    return Recipe(model=recommended_vae(latent_dim, hidden), epochs=60, **_SETTINGS)
 
 
 def conv_autoencoder(latent_dim: int = 20, channels: Sequence[int] = (32, 64)) -> Autoencoder:
@@ -256,8 +256,8 @@ def fast_vae_recipe(latent_dim: int = 32, hidden: Sequence[int] = (512, 512)) ->
 
     The settings of :func:`recommended_vae_recipe` but for ``epochs=40`` and
     ``precision="auto"``; :func:`autoenc.fit` flushes denormal floats by default, which long
-    CPU runs need. On a CPU without native bf16 it trains in fp32. ``docs/recipe_results.md``
-    has what it reaches, against the 60-epoch recipe, and what each change buys.
+    CPU runs need. On a CPU without native bf16 it trains in fp32. The docs' *Measured
+    results* page has what it reaches against the 60-epoch recipe, and what each change buys.
 
     Example:
         >>> recipe = fast_vae_recipe()
@@ -291,21 +291,11 @@ def conv_vae_recipe(latent_dim: int = 32, channels: Sequence[int] = (32, 64)) ->
     The recommended recipe's settings (batch 128, Adam 1e-3 with a per-step cosine, KL warm-up
     over the first 10% of the steps, dynamic binarization) for 40 epochs, in bf16 where the CPU
     runs it natively (``precision="auto"``): a conv step costs several MLP steps on a CPU.
-    ``docs/recipe_results.md`` has what it reaches.
+    the docs' *Measured results* page has what it reaches.
 
     Example:
         >>> recipe = conv_vae_recipe()
         >>> recipe.epochs, recipe.batch_size, recipe.precision
         (40, 128, 'auto')
     """
-    return Recipe(
-        model=conv_vae(latent_dim, channels),
-        epochs=40,
-        batch_size=128,
-        lr=1e-3,
-        lr_schedule="cosine",
-        scheduler_interval="step",
-        warmup=0.1,
-        transform=dynamic_binarize,
-        precision="auto",
-    )
+    return Recipe(model=conv_vae(latent_dim, channels), epochs=40, precision="auto", **_SETTINGS)
