@@ -25,7 +25,7 @@ import contextlib
 import datetime
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -369,14 +369,35 @@ class StepSync:
         return bool(stop_any), bool(interrupted_any)
 
 
+def loss_and_sync(
+    model: nn.Module, run: DistributedSetup, keys: tuple[str, ...], find_unused: bool
+) -> tuple[Callable[..., Any], StepSync | None]:
+    """``model.loss`` and no sync in one process; over several, ``model`` wrapped by :func:`wrap`
+    and the :class:`StepSync` of the loss terms ``keys``."""
+    loss_fn, sync = model.loss, None
+    if run.enabled:
+        loss_fn = wrap(unwrap(model), run, find_unused=find_unused)
+        sync = StepSync(keys, run.device, run.world_size)
+    return loss_fn, sync
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The user's module under a DataParallel/DistributedDataParallel wrapper."""
     return getattr(model, "module", model) if hasattr(model, "device_ids") else model
 
 
-def per_rank_batch_size(batch_size: int, world_size: int, for_loader: bool) -> int:
+def per_rank_batch_sizes(
+    data: Any, batch_size: int, val_batch_size: int, run: DistributedSetup
+) -> tuple[int, int]:
+    """Each process's training and validation batch sizes, from the global ones (validation's
+    rounded up); a DataLoader keeps its own batch size and must be sharded."""
+    world_size = run.world_size
+    for_loader = isinstance(data, torch.utils.data.DataLoader)
+    if for_loader:
+        check_loader_shards(data, world_size)
+    val_batch_size = -(-val_batch_size // world_size)
     if for_loader or world_size == 1:
-        return batch_size
+        return batch_size, val_batch_size
     if batch_size % world_size:
         lower = batch_size - batch_size % world_size
         raise ValueError(
@@ -384,7 +405,7 @@ def per_rank_batch_size(batch_size: int, world_size: int, for_loader: bool) -> i
             f"{world_size} processes) and must be divisible by the number of processes; use "
             f"{lower or world_size} or {lower + world_size}"
         )
-    return batch_size // world_size
+    return batch_size // world_size, val_batch_size
 
 
 def check_loader_shards(loader: Any, world_size: int) -> None:

@@ -40,14 +40,12 @@ from autoenc.data.batching import Batches, make_batches
 from autoenc.training.callbacks import Callback, ProgressBar, State
 from autoenc.training.checkpoint import ModelCheckpoint
 from autoenc.training.distributed import (
-    StepSync,
     broadcast_int,
-    check_loader_shards,
-    per_rank_batch_size,
+    loss_and_sync,
+    per_rank_batch_sizes,
     process_group,
     unused_parameters,
     unwrap,
-    wrap,
 )
 from autoenc.training.loop import Interrupt, Loop, rank_seed
 from autoenc.training.optimizers import build_optimizer, build_scheduler
@@ -293,10 +291,7 @@ def fit(
     with process_group(distributed, device, timeout=distributed_timeout) as run:
         dev, rank, world_size = run.device, run.rank, run.world_size
         precision = check_precision(precision, dev)
-        if for_loader:
-            check_loader_shards(data, world_size)
-        batch_size = per_rank_batch_size(batch_size, world_size, for_loader)
-        val_batch_size = -(-val_batch_size // world_size)
+        batch_size, val_batch_size = per_rank_batch_sizes(data, batch_size, val_batch_size, run)
         target = unwrap(model)
         payload = load_resume(resume, target, run)
         if payload is not None and for_loader and _has_own_generator(data):
@@ -386,11 +381,7 @@ def fit(
             )
 
         # 4. the loop
-        loss_fn = model.loss
-        sync = None
-        if run.enabled:
-            loss_fn = wrap(target, run, find_unused=bool(unused))
-            sync = StepSync(keys, dev, world_size)
+        loss_fn, sync = loss_and_sync(model, run, keys, find_unused=bool(unused))
         loop = Loop(
             model,
             state,
