@@ -200,28 +200,23 @@ def fit(
 ) -> FitResult:
     """Train ``model`` by minimizing ``model.loss(x)`` over ``data``.
 
-    Every argument and the first batch are checked, and ``model.loss`` runs on two examples,
-    before the first step, so a mistake fails at once. Tensors take an in-memory fast path;
-    datasets and DataLoaders work too. Under ``torchrun`` the same call trains data-parallel
-    (guide: *Distributed training*). The guide's *Training* page explains hooks, resuming,
-    seeds and the metrics in full.
+    Every argument and the first batch are checked before the first step. Under ``torchrun`` the
+    same call trains data-parallel. The guide's *Training*, *Checkpoints* and *Distributed
+    training* pages explain the data, hooks, seeds, metrics, resuming and ``torchrun`` in full.
 
     Args:
         model: Any ``nn.Module`` whose ``loss(x)`` returns a scalar tensor, a
             :class:`~autoenc.LossOutput` or a dict with a ``"loss"`` key (other scalars are
             logged). It moves to ``device`` and stays there.
-        data: A tensor ``(n, ...)``, an ``(x, y)`` tuple, a ``TensorDataset``, a map-style
-            ``Dataset`` or a ``DataLoader``. Labels are ignored, or, for a model whose class
-            sets ``conditional = True`` (a :class:`~autoenc.ConditionalVAE`), given to
-            ``model.loss(x, y)``: then the data must carry them. ``uint8`` is scaled by 1/255
-            and floating-point data is cast to the model's dtype (NumPy's float64 included).
+        data: A tensor ``(n, ...)``, an ``(x, y)`` tuple, a ``Dataset`` or a ``DataLoader``; its
+            floating-point data (NumPy's float64 too) is cast to the model's dtype. Its labels go
+            to ``model.loss(x, y)`` if the model's class sets ``conditional = True``, else unused.
         epochs: Total epochs (a resumed run counts the epochs already done).
         batch_size: Examples per optimizer step over all processes (default 32, the article's).
-        optimizer: ``None`` (Adam, fused where available), an optimizer instance, an optimizer
-            class, or a callable ``params -> optimizer``.
+        optimizer: ``None`` (Adam), an optimizer instance or class, or a callable
+            ``params -> optimizer``.
         lr: Learning rate for the default Adam (1e-3) or an optimizer class.
         scheduler: An LR scheduler, or a callable ``optimizer -> scheduler``.
-            ``ReduceLROnPlateau`` steps on ``val/loss`` (else ``train/loss``).
         scheduler_interval: Step the scheduler every ``"epoch"`` or every ``"step"``.
         val_data: Data for the ``val/...`` metrics after every epoch (as ``data``).
         val_batch_size: Batch size for validation (default ``batch_size``).
@@ -230,23 +225,16 @@ def fit(
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:1"``, ...
         precision: ``"fp32"``, or ``"bf16"`` for bfloat16 autocast (weights stay fp32).
         grad_clip: Clip the gradients' global norm to this value.
-        transform: Applied to every float batch on the device (e.g.
-            :func:`autoenc.data.dynamic_binarize`), also to ``val_data``.
-        seed: Seeds Python, torch (and NumPy when loaded) and fixes the data order and the
-            validation noise: two runs from the same initial model are identical.
+        transform: Applied to every float batch on the device, ``val_data``'s too.
+        seed: Seeds Python, torch and NumPy (if loaded); fixes the data order and validation noise.
         shuffle: Shuffle the training data every epoch (ignored for a DataLoader).
         drop_last: Drop each epoch's last, smaller batch.
-        resume: A :class:`~autoenc.ModelCheckpoint` file: continue that run exactly (model,
-            optimizer, scheduler, RNGs, data order, history, callback states), mid-epoch
-            too. Another model kind or config, optimizer or scheduler class is refused before
-            anything is loaded; other changed settings are named in warnings.
-        nan_guard: Check the loss terms before every step and the weights after every epoch;
-            raise :class:`~autoenc.NonFiniteLossError` naming the term.
+        resume: A :class:`~autoenc.ModelCheckpoint` file: continue its run exactly, mid-epoch
+            too; changed settings are refused or named in warnings.
+        nan_guard: Check the loss terms before every step and the weights after every epoch.
         verbose: Add a :class:`~autoenc.ProgressBar` when ``callbacks`` holds none.
-        handle_interrupt: On Ctrl-C, stop after the current batch, write the checkpoints'
-            ``last.pt`` and return with ``interrupted=True``; a second Ctrl-C aborts.
-        distributed: ``"auto"`` (several processes under ``torchrun`` or in a process group),
-            ``True`` (the same, an error without one) or ``False`` (this process alone).
+        handle_interrupt: On Ctrl-C, stop after the current batch (``interrupted=True``).
+        distributed: ``"auto"`` (under ``torchrun`` or in a process group), ``True`` or ``False``.
         distributed_timeout: Seconds a collective waits for the other processes.
         flush_denormals: Treat denormal floats as zero while training (a CPU setting that
             ``fit`` restores afterwards): long runs otherwise slow down several-fold once
