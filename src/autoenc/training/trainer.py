@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from autoenc._utils import (
     SEED_BOUND,
@@ -33,13 +34,12 @@ from autoenc._utils import (
     loss_terms,
     model_dtype,
 )
-from autoenc._utils import (
-    flush_denormals as denormals_flushed,
-)
+from autoenc._utils import flush_denormals as denormals_flushed
 from autoenc.data.batching import Batches, make_batches
 from autoenc.training.callbacks import Callback, ProgressBar, State
 from autoenc.training.checkpoint import ModelCheckpoint
 from autoenc.training.distributed import (
+    DistributedSetup,
     broadcast_int,
     loss_and_sync,
     per_rank_batch_sizes,
@@ -93,22 +93,67 @@ class FitResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# checking and preparing the arguments
+# the steps of fit, in the order it takes them
 
 
-def _batches(data: Any, name: str, **kwargs: Any) -> Batches:
-    try:
-        return make_batches(data, **kwargs)
-    except (TypeError, ValueError) as err:
-        raise type(err)(f"{name}: {err}") from err
+def _checked_arguments(
+    model: nn.Module,
+    epochs: int,
+    batch_size: int | None,
+    val_batch_size: int | None,
+    scheduler_interval: str,
+    grad_clip: float | None,
+    seed: int | None,
+) -> tuple[int, int, int, float | None, int | None]:
+    """The checked ``epochs``, batch sizes, ``grad_clip`` and ``seed``, defaults filled in."""
+    check_model(model)
+    epochs = check_int(epochs, "epochs", minimum=0)
+    batch_size = check_int(DEFAULT_BATCH_SIZE if batch_size is None else batch_size, "batch_size")
+    val_batch_size = check_int(
+        batch_size if val_batch_size is None else val_batch_size, "val_batch_size"
+    )
+    check_choice(scheduler_interval, _INTERVALS, "scheduler_interval")
+    if grad_clip is not None:
+        grad_clip = check_number(grad_clip, "grad_clip", positive=True)
+    if seed is not None:
+        seed = check_int(seed, "seed", minimum=0)
+    return epochs, batch_size, val_batch_size, grad_clip, seed
 
 
-def _has_own_generator(loader: torch.utils.data.DataLoader) -> bool:
-    sampler = getattr(loader.batch_sampler, "sampler", loader.sampler)
-    return loader.generator is not None or getattr(sampler, "generator", None) is not None
+def _callbacks(callbacks: Sequence[Callback], verbose: bool) -> list[Callback]:
+    """The checked ``callbacks``, checkpoints last; ``verbose`` adds a progress bar if none is."""
+    callbacks = list(callbacks)
+    for cb in callbacks:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
+    callbacks = sorted(callbacks, key=lambda c: isinstance(c, ModelCheckpoint))  # a stable sort
+    if verbose and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.insert(0, ProgressBar())
+    return callbacks
+
+
+def _resume_payload(
+    resume: Any, target: nn.Module, run: DistributedSetup, data: Any
+) -> dict[str, Any] | None:
+    """The checked ``resume`` checkpoint, or ``None``; warns when the data order cannot resume."""
+    payload = load_resume(resume, target, run)
+    if payload is None or not isinstance(data, DataLoader):
+        return payload
+    sampler = getattr(data.batch_sampler, "sampler", data.sampler)
+    if data.generator is not None or getattr(sampler, "generator", None) is not None:
+        warnings.warn(
+            "the DataLoader draws its order from a generator of its own, whose state the "
+            "checkpoint does not hold: the resumed run sees another order than the "
+            "interrupted one. Leave generator= unset: the loader then draws from torch's "
+            "generator, which the checkpoint restores",
+            UserWarning,
+            stacklevel=3,  # the caller of fit
+        )
+    return payload
 
 
 def _seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, torch and, when it is loaded, NumPy."""
     random.seed(seed)
     torch.manual_seed(seed)
     np = sys.modules.get("numpy")
@@ -116,15 +161,60 @@ def _seed_everything(seed: int) -> None:
         np.random.seed(seed % 2**32)
 
 
+def _run_seed(seed: int | None, payload: dict[str, Any] | None, run: DistributedSetup) -> int:
+    """The run's seed (the checkpoint's, ``seed`` or a drawn one), once this process is seeded."""
+    if seed is not None:
+        _seed_everything(seed)
+    if payload is not None:
+        run_seed = payload["seed"]
+    else:
+        run_seed = seed if seed is not None else int(torch.randint(SEED_BOUND, ()))
+    if run.enabled:
+        run_seed = broadcast_int(run_seed, run.device)  # one data order for all
+        if run.rank > 0:
+            _seed_everything(rank_seed(run_seed, run.rank))  # but noise of their own
+    return run_seed
+
+
+def _batch_settings(target: nn.Module, run: DistributedSetup, transform: Any) -> dict[str, Any]:
+    """The :func:`make_batches` arguments that training and validation batches share."""
+    return dict(
+        device=run.device,
+        transform=transform,
+        rank=run.rank,
+        world_size=run.world_size,
+        dtype=model_dtype(target),
+        labels=getattr(target, "conditional", False) is True,
+    )
+
+
+def _batches(data: Any, name: str, **kwargs: Any) -> Batches:
+    """``make_batches(data, **kwargs)``, whose errors name the argument ``name``."""
+    try:
+        return make_batches(data, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{name}: {err}") from err
+
+
+def _train_batches(data: Any, run_seed: int, *, shuffle: bool, **settings: Any) -> Batches:
+    """The training batches, in an order drawn from the run's seed (a DataLoader keeps its own)."""
+    shuffle = shuffle and not isinstance(data, DataLoader)
+    generator = torch.Generator().manual_seed(run_seed)
+    return _batches(data, "data", shuffle=shuffle, generator=generator, **settings)
+
+
+def _val_batches(val_data: Any, batch_size: int, **settings: Any) -> Batches | None:
+    """The validation batches, or ``None`` without ``val_data``."""
+    if val_data is None:
+        return None
+    return _batches(val_data, "val_data", batch_size=batch_size, equal_batches=False, **settings)
+
+
 def _probe(
     model: nn.Module, batches: Batches, name: str, precision: str, *, find_unused: bool = False
 ) -> tuple[tuple[str, ...], list[str]]:
-    """Check the first batch of ``batches`` and run ``model.loss`` on two of its examples,
-    leaving no trace (RNG, mode, stats).
-
-    Returns the names of the loss terms and, with ``find_unused``, of the trainable parameters
-    the loss does not use (a backward pass, for DistributedDataParallel).
-    """
+    """The loss terms' names and, with ``find_unused``, the unused parameters' (for DDP), from a
+    check of the first batch and a traceless dry run of ``model.loss`` on two of its examples."""
     device = batches.device
     unused: list[str] = []
     with fork_rng(device):
@@ -157,6 +247,38 @@ def _probe(
     return tuple(terms), unused
 
 
+def _state(
+    target: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    run: DistributedSetup,
+    train_batches: Batches,
+    val_batches: Batches | None,
+    epochs: int,
+    callbacks: list[Callback],
+    run_seed: int,
+) -> State:
+    """The :class:`State` of a fresh run, which the loop and the callbacks share."""
+    try:
+        per_epoch = len(train_batches)
+    except TypeError:
+        per_epoch = None
+    return State(
+        model=target,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        epochs=epochs,
+        device=run.device,
+        is_main_process=run.rank == 0,
+        rank=run.rank,
+        world_size=run.world_size,
+        batches_per_epoch=per_epoch,
+        callbacks=callbacks,
+        seed=run_seed,
+        has_val_data=val_batches is not None,
+    )
+
+
 @contextlib.contextmanager
 def _checked_once(model: nn.Module) -> Iterator[None]:
     """Turn off an autoenc model's per-batch input check (the first batch was checked)."""
@@ -168,6 +290,24 @@ def _checked_once(model: nn.Module) -> Iterator[None]:
     finally:
         if isinstance(validate, bool):
             model.validate = validate
+
+
+@contextlib.contextmanager
+def _training(model: nn.Module, state: State, interrupt: bool, flush: bool) -> Iterator[None]:
+    """A context for the loop: Ctrl-C, input checks off, denormals flushed, modes restored."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        with Interrupt(state, interrupt), _checked_once(state.model), denormals_flushed(flush):
+            yield
+    finally:  # leave every submodule's mode as found (a frozen one stays in eval)
+        for m, training in modes:
+            m.training = training
+
+
+def _result(state: State) -> FitResult:
+    """The :class:`FitResult` of a finished run."""
+    stopped_early = state.should_stop and not state.interrupted
+    return FitResult(state.history, state.metrics, state, state.interrupted, stopped_early)
 
 
 def fit(
@@ -259,116 +399,39 @@ def fit(
         >>> len(result.history["train/loss"]), sorted(result.metrics)
         (3, ['lr', 'time', 'train/kl', 'train/loss', 'train/recon'])
     """
-    # 1. arguments, checked before anything changes
-    check_model(model)
-    epochs = check_int(epochs, "epochs", minimum=0)
-    for_loader = isinstance(data, torch.utils.data.DataLoader)
-    batch_size = check_int(DEFAULT_BATCH_SIZE if batch_size is None else batch_size, "batch_size")
-    val_batch_size = check_int(
-        batch_size if val_batch_size is None else val_batch_size, "val_batch_size"
+    epochs, batch_size, val_batch_size, grad_clip, seed = _checked_arguments(
+        model, epochs, batch_size, val_batch_size, scheduler_interval, grad_clip, seed
     )
-    check_choice(scheduler_interval, _INTERVALS, "scheduler_interval")
-    if grad_clip is not None:
-        grad_clip = check_number(grad_clip, "grad_clip", positive=True)
-    if seed is not None:
-        seed = check_int(seed, "seed", minimum=0)
-    callbacks = list(callbacks)
-    for cb in callbacks:
-        if not isinstance(cb, Callback):
-            raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
+    callbacks = _callbacks(callbacks, verbose)
     with process_group(distributed, device, timeout=distributed_timeout) as run:
-        dev, rank, world_size = run.device, run.rank, run.world_size
-        precision = check_precision(precision, dev)
+        precision = check_precision(precision, run.device)
         batch_size, val_batch_size = per_rank_batch_sizes(data, batch_size, val_batch_size, run)
         target = unwrap(model)
-        payload = load_resume(resume, target, run)
-        if payload is not None and for_loader and _has_own_generator(data):
-            warnings.warn(
-                "the DataLoader draws its order from a generator of its own, whose state the "
-                "checkpoint does not hold: the resumed run sees another order than the "
-                "interrupted one. Leave generator= unset: the loader then draws from torch's "
-                "generator, which the checkpoint restores",
-                UserWarning,
-                stacklevel=2,
-            )
+        payload = _resume_payload(resume, target, run, data)
+        run_seed = _run_seed(seed, payload, run)  # seeds this process, before any batch is drawn
 
-        # 2. seeds and data
-        if seed is not None:
-            _seed_everything(seed)
-        if payload is not None:
-            run_seed = payload["seed"]
-        elif seed is not None:
-            run_seed = seed
-        else:
-            run_seed = int(torch.randint(SEED_BOUND, ()))
-        if run.enabled:
-            run_seed = broadcast_int(run_seed, dev)  # one data order for all
-            if rank > 0:
-                _seed_everything(rank_seed(run_seed, rank))  # but noise of their own
-        common = dict(
-            device=dev,
-            transform=transform,
-            rank=rank,
-            world_size=world_size,
-            dtype=model_dtype(target),
-            labels=getattr(target, "conditional", False) is True,
+        settings = _batch_settings(target, run, transform)
+        train_batches = _train_batches(
+            data, run_seed, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, **settings
         )
-        train_batches = _batches(
-            data,
-            "data",
-            batch_size=batch_size,
-            shuffle=shuffle and not for_loader,
-            generator=torch.Generator().manual_seed(run_seed),
-            drop_last=drop_last,
-            **common,
-        )
-        val_batches = None
-        if val_data is not None:
-            val_batches = _batches(
-                val_data, "val_data", batch_size=val_batch_size, equal_batches=False, **common
-            )
+        val_batches = _val_batches(val_data, val_batch_size, **settings)
 
-        # 3. model, optimizer, scheduler; a dry run of model.loss
-        model.to(dev)
+        model.to(run.device)
         opt = build_optimizer(target, optimizer, lr)
         sched = build_scheduler(scheduler, opt, scheduler_interval)
         keys, unused = _probe(model, train_batches, "data", precision, find_unused=run.enabled)
         if val_batches is not None:
             _probe(model, val_batches, "val_data", precision)
 
-        callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)] + [
-            c for c in callbacks if isinstance(c, ModelCheckpoint)
-        ]
-        if verbose and not any(isinstance(c, ProgressBar) for c in callbacks):
-            callbacks.insert(0, ProgressBar())
-        try:
-            per_epoch = len(train_batches)
-        except TypeError:
-            per_epoch = None
-        state = State(
-            model=target,
-            optimizer=opt,
-            scheduler=sched,
-            epochs=epochs,
-            device=dev,
-            is_main_process=rank == 0,
-            rank=rank,
-            world_size=world_size,
-            batches_per_epoch=per_epoch,
-            callbacks=callbacks,
-            seed=run_seed,
-            has_val_data=val_batches is not None,
+        state = _state(
+            target, opt, sched, run, train_batches, val_batches, epochs, callbacks, run_seed
         )
-        if payload is not None:
+        if payload is not None:  # here, not in a helper: its warnings' stacklevels count up to fit
+            source = f"the resume checkpoint {str(resume)!r}"
             restore_training(
-                payload,
-                state,
-                source=f"the resume checkpoint {str(resume)!r}",
-                lr=lr,
-                optimizer_chosen=optimizer is not None,
+                payload, state, source=source, lr=lr, optimizer_chosen=optimizer is not None
             )
 
-        # 4. the loop
         loss_fn, sync = loss_and_sync(model, run, keys, find_unused=bool(unused))
         loop = Loop(
             model,
@@ -382,21 +445,6 @@ def fit(
             nan_guard=nan_guard,
             scheduler_interval=scheduler_interval,
         )
-        modes = [(m, m.training) for m in model.modules()]
-        try:
-            with (
-                Interrupt(state, handle_interrupt),
-                _checked_once(target),
-                denormals_flushed(flush_denormals),
-            ):
-                loop.run(payload)
-        finally:  # leave every submodule's mode as found (a frozen one stays in eval)
-            for m, training in modes:
-                m.training = training
-        return FitResult(
-            history=state.history,
-            metrics=state.metrics,
-            state=state,
-            interrupted=state.interrupted,
-            stopped_early=state.should_stop and not state.interrupted,
-        )
+        with _training(model, state, handle_interrupt, flush_denormals):
+            loop.run(payload)  # here too, for the same reason
+        return _result(state)
