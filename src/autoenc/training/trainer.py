@@ -371,14 +371,14 @@ def fit(
         drop_last: Drop each epoch's last, smaller batch.
         resume: A :class:`~autoenc.ModelCheckpoint` file: continue its run exactly, mid-epoch
             too; changed settings are refused or named in warnings.
-        nan_guard: Check the loss terms before every step and the weights after every epoch.
+        nan_guard: Check the loss terms before every step and the weights after every epoch;
+            raise :class:`~autoenc.NonFiniteLossError` naming the term.
         verbose: Add a :class:`~autoenc.ProgressBar` when ``callbacks`` holds none.
         handle_interrupt: On Ctrl-C, stop after the current batch (``interrupted=True``).
         distributed: ``"auto"`` (under ``torchrun`` or in a process group), ``True`` or ``False``.
         distributed_timeout: Seconds a collective waits for the other processes.
-        flush_denormals: Treat denormal floats as zero while training (a CPU setting that
-            ``fit`` restores afterwards): long runs otherwise slow down several-fold once
-            weights and activations underflow.
+        flush_denormals: Treat denormal floats as zero while training, which on some CPUs
+            keeps long runs from slowing several-fold (the caller's setting comes back).
 
     Returns:
         A :class:`FitResult` with the per-epoch ``history`` and the final ``state``.
