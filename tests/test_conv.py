@@ -354,3 +354,43 @@ def test_a_head_needs_exactly_one_of_width_and_channels() -> None:
     dec = ConvDecoder(None, [4], (1, 8, 8), in_channels=3)
     with pytest.raises(ValueError, match=r"ConvDecoder expects input of shape \(b, 3, 4, 4\)"):
         dec(torch.rand(2, 48))
+
+
+# --- MLP heads
+
+
+def test_hidden_widths_make_the_linear_heads_mlps_with_the_announced_sizes() -> None:
+    enc = ConvEncoder((1, 12, 10), [4, 8], 6, hidden=[16, 5])
+    dec = ConvDecoder(3, [8, 4], (1, 12, 10), hidden=[7])
+    linears = [m for m in enc.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(8 * 3 * 3, 16), (16, 5), (5, 6)]
+    linears = [m for m in dec.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(3, 7), (7, 8 * 3 * 3)]
+    x = torch.rand(2, 1, 12, 10)
+    assert enc(x).shape == (2, 6) and dec(torch.rand(2, 3)).shape == (2, 1, 12, 10)
+    # Without hidden widths the head is the one Linear it was: saved models keep their keys.
+    plain = ConvEncoder((1, 12, 10), [4, 8], 6)
+    assert isinstance(plain.net[-1], nn.Linear) and "hidden" not in plain.config
+    assert "hidden" not in ConvDecoder(3, [8, 4], (1, 12, 10)).config
+
+
+def test_mlp_heads_round_trip_through_save_and_load(tmp_path) -> None:
+    vae = GaussianVAE(
+        ConvEncoder((1, 12, 10), [4, 8], 2 * LATENT, hidden=[16]),
+        ConvDecoder(LATENT, [8, 4], (1, 12, 10), hidden=[16, 9]),
+        LATENT,
+    )
+    loaded = autoenc.load(autoenc.save(vae, tmp_path / "vae.pt"))
+    assert loaded.config == vae.config and loaded.config["decoder"]["hidden"] == [16, 9]
+    x, eps = _binary((1, 12, 10)), torch.randn(4, LATENT)
+    torch.testing.assert_close(loaded(x, eps=eps).params, vae(x, eps=eps).params, rtol=0, atol=0)
+
+
+def test_hidden_widths_are_checked_and_refused_beside_a_grid() -> None:
+    for bad in ([0], [2.5], "16", 16):
+        with pytest.raises(ValueError, match="hidden must be a list of positive ints"):
+            ConvEncoder((1, 8, 8), [4], 2, hidden=bad)
+    with pytest.raises(ValueError, match="hidden widens the linear head, which out_channels"):
+        ConvEncoder((1, 8, 8), [4], out_channels=3, hidden=[5])
+    with pytest.raises(ValueError, match="hidden widens the linear head, which in_channels"):
+        ConvDecoder(None, [4], (1, 8, 8), in_channels=3, hidden=[5])

@@ -23,7 +23,7 @@ from einops.layers.torch import Rearrange
 from torch import Tensor, nn
 
 from autoenc._utils import check_int
-from autoenc.networks.mlp import ACTIVATIONS
+from autoenc.networks.mlp import ACTIVATIONS, mlp
 
 __all__ = ["ConvEncoder", "ConvDecoder"]
 
@@ -100,6 +100,23 @@ def _check_options(
     }  # fmt: skip
 
 
+def _check_hidden(hidden: Any, grid: bool, grid_arg: str) -> list[int]:
+    """The widths of a linear head's hidden layers; a grid end has no linear head to widen."""
+    ok = isinstance(hidden, Sequence) and not isinstance(hidden, str)
+    if not ok or not all(_is_positive_int(h) for h in hidden):
+        raise ValueError(f"hidden must be a list of positive ints, e.g. [512], got {hidden!r}")
+    if hidden and grid:
+        raise ValueError(f"hidden widens the linear head, which {grid_arg} replaces; drop one")
+    return list(hidden)
+
+
+def _head(in_features: int, hidden: list[int], out_features: int, activation: str) -> nn.Module:
+    """A ``Linear``, or with ``hidden`` widths an MLP (:func:`~autoenc.mlp`)."""
+    if not hidden:  # a bare Linear keeps the state-dict keys of models saved without hidden
+        return nn.Linear(in_features, out_features)
+    return mlp(in_features, hidden, out_features, activation=activation)
+
+
 def _stage_sizes(height: int, width: int, stages: int) -> list[tuple[int, int]]:
     """``(height, width)`` before the first stage and after each one: ``ceil(n / 2)`` per stage."""
     sizes = [(height, width)]
@@ -172,6 +189,8 @@ class ConvEncoder(nn.Module):
         out_features: Output width (``2 * latent_dim`` for a :class:`~autoenc.GaussianVAE`);
             ``None`` with ``out_channels``.
         out_channels: Channels of a grid output instead (give one of the two).
+        hidden: Widths of hidden layers between the last grid and ``out_features`` (the
+            ``Linear`` becomes an MLP); empty by default.
         blocks_per_stage: Residual blocks after each stage's downsampling.
         norm: ``"batch"``, ``"group"`` or ``None``: normalization after each convolution.
         groups: Number of groups for ``norm="group"``; must divide every entry of ``channels``.
@@ -208,6 +227,7 @@ class ConvEncoder(nn.Module):
         out_features: int | None = None,
         *,
         out_channels: int | None = None,
+        hidden: Sequence[int] = (),
         blocks_per_stage: int = 0,
         norm: str | None = None,
         groups: int = 8,
@@ -222,6 +242,7 @@ class ConvEncoder(nn.Module):
             chans, blocks_per_stage, norm, groups, activation, kernel_size, final_activation
         )
         _one_of(out_features, "out_features", out_channels, "out_channels")
+        widths = _check_hidden(hidden, out_channels is not None, "out_channels")
         self.out_features, self.out_channels = out_features, out_channels
         c, h, w = self.in_shape
         self.in_features = c * h * w
@@ -237,7 +258,8 @@ class ConvEncoder(nn.Module):
         if out_channels is None:
             self.out_shape: tuple[int, ...] = (out_features,)
             layers.append(Rearrange("b c h w -> b (c h w)"))  # (b, c * h * w)
-            layers.append(nn.Linear(chans[-1] * h_last * w_last, out_features))  # (b, out)
+            flat = chans[-1] * h_last * w_last
+            layers.append(_head(flat, widths, out_features, activation))  # (b, out)
         else:
             self.out_shape = (out_channels, h_last, w_last)
             layers.append(nn.Conv2d(chans[-1], out_channels, 1))  # (b, out_channels, h, w)
@@ -251,6 +273,7 @@ class ConvEncoder(nn.Module):
             "out_features": out_features,
             # only when set, so configs of linear heads read as before
             **({} if out_channels is None else {"out_channels": out_channels}),
+            **({"hidden": widths} if widths else {}),
             **opts,
         }
 
@@ -304,6 +327,8 @@ class ConvDecoder(nn.Module):
         final_activation: Activation after the last convolution: ``None`` for logits,
             ``"sigmoid"`` for pixel intensities.
         in_channels: Channels of a grid input instead of ``in_features`` (give one of the two).
+        hidden: Widths of hidden layers between ``in_features`` and the smallest grid (the
+            ``Linear`` becomes an MLP); empty by default.
 
     Raises:
         ValueError: On a bad argument, both or neither of ``in_features`` and ``in_channels``,
@@ -341,6 +366,7 @@ class ConvDecoder(nn.Module):
         kernel_size: int = 3,
         final_activation: str | None = None,
         in_channels: int | None = None,
+        hidden: Sequence[int] = (),
     ) -> None:
         super().__init__()
         self.out_shape = _image_shape(out_shape, "out_shape")
@@ -349,6 +375,7 @@ class ConvDecoder(nn.Module):
             chans, blocks_per_stage, norm, groups, activation, kernel_size, final_activation
         )
         _one_of(in_features, "in_features", in_channels, "in_channels")
+        widths = _check_hidden(hidden, in_channels is not None, "in_channels")
         self.in_features, self.in_channels = in_features, in_channels
         c, h, w = self.out_shape
         self.sizes = _stage_sizes(h, w, len(chans))[::-1]
@@ -356,7 +383,7 @@ class ConvDecoder(nn.Module):
         if in_channels is None:
             self.in_shape: tuple[int, ...] = (in_features,)
             layers: list[nn.Module] = [
-                nn.Linear(in_features, chans[0] * h0 * w0),  # (b, c0 * h0 * w0)
+                _head(in_features, widths, chans[0] * h0 * w0, activation),  # (b, c0 * h0 * w0)
                 Rearrange("b (c h w) -> b c h w", c=chans[0], h=h0, w=w0),  # (b, c0, h0, w0)
             ]
         else:
@@ -386,6 +413,7 @@ class ConvDecoder(nn.Module):
             "out_shape": list(self.out_shape),
             **opts,
             **({} if in_channels is None else {"in_channels": in_channels}),
+            **({"hidden": widths} if widths else {}),
         }
 
     def forward(self, z: Tensor) -> Tensor:
