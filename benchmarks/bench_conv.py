@@ -1,8 +1,11 @@
 """Training throughput of a convolutional Bernoulli VAE: ``autoenc.fit`` against a plain loop.
 
-Both contenders train the same network, ``GaussianVAE(ConvEncoder((1, 28, 28), channels,
-2 * latent), ConvDecoder(latent, channels[::-1], (1, 28, 28)), latent)`` with the Bernoulli
-likelihood, from the same initial weights, on the same in-memory float tensor of binarized
+Both contenders train the same network: the conv recipe's (``autoenc.recipes.conv_vae()``,
+``--networks recipe``) or ``GaussianVAE(ConvEncoder((1, 28, 28), channels, 2 * latent),
+ConvDecoder(latent, channels[::-1], (1, 28, 28)), latent)`` with the Bernoulli likelihood, in
+the same precision (``--precision``, by default bf16 where the CPU runs it natively, as the
+recipe trains; the loop then runs its forward pass under ``torch.autocast``), from the same
+initial weights, on the same in-memory float tensor of binarized
 MNIST images (or random binary images of that shape with ``--data random``), batch 128, Adam
 1e-3 (fused where torch has the kernel, as ``fit``'s default):
 
@@ -30,6 +33,7 @@ Run::
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 
@@ -37,16 +41,22 @@ import torch
 import torch.nn.functional as F
 from harness import median, parser, setup, table, write_json
 
-from autoenc import GaussianVAE, fit
+from autoenc import GaussianVAE, fit, native_bf16
 from autoenc.data import mnist_or_sample
 from autoenc.networks.conv import ConvDecoder, ConvEncoder
+from autoenc.recipes import conv_vae as recipe_vae
 
 BATCH = 128
 LR = 1e-3
 MNIST_TRAIN = 60_000
 
 
-def conv_vae(channels: list[int], latent: int) -> GaussianVAE:
+def conv_vae(spec: str) -> GaussianVAE:
+    """``"recipe"``: the conv recipe's network; ``"32,64:16"``: encoder channels and latent
+    width, the decoder mirrored."""
+    if spec == "recipe":
+        return recipe_vae()
+    channels, latent = parse_network(spec)
     return GaussianVAE(
         ConvEncoder((1, 28, 28), channels, 2 * latent),
         ConvDecoder(latent, channels[::-1], (1, 28, 28)),
@@ -72,19 +82,24 @@ def parse_network(spec: str) -> tuple[list[int], int]:
 # the contenders: each trains one epoch from the given initial weights
 
 
-def run_fit(model: GaussianVAE, x: torch.Tensor, seed: int) -> None:
-    fit(model, x, epochs=1, batch_size=BATCH, device="cpu", seed=seed, verbose=False)
+def run_fit(model: GaussianVAE, x: torch.Tensor, seed: int, precision: str) -> None:
+    fit(
+        model, x, epochs=1, batch_size=BATCH, device="cpu", seed=seed, verbose=False,
+        precision=precision,
+    )  # fmt: skip
 
 
-def run_loop(model: GaussianVAE, x: torch.Tensor, seed: int) -> None:
+def run_loop(model: GaussianVAE, x: torch.Tensor, seed: int, precision: str) -> None:
     g = torch.Generator().manual_seed(seed)
     optimizer = adam(model)
     model.train()
+    bf16 = precision == "bf16"
     for idx in torch.randperm(x.shape[0], generator=g).split(BATCH):
         xb = x[idx]  # (b, 1, 28, 28)
-        mu, logvar = model.encoder(xb).chunk(2, dim=1)  # (b, latent) each
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        logits = model.decoder(z)  # (b, 1, 28, 28)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            mu, logvar = model.encoder(xb).float().chunk(2, dim=1)  # (b, latent) each
+            z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+            logits = model.decoder(z).float()  # (b, 1, 28, 28)
         recon = F.binary_cross_entropy_with_logits(logits, xb, reduction="sum")
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum()
         loss = (recon + kl) / xb.shape[0]
@@ -96,12 +111,13 @@ def run_loop(model: GaussianVAE, x: torch.Tensor, seed: int) -> None:
 CONTENDERS = {"fit": run_fit, "loop": run_loop}
 
 
-def measure(name: str, initial: GaussianVAE, x: torch.Tensor, seed: int) -> list[float]:
+def measure(
+    name: str, initial: GaussianVAE, x: torch.Tensor, seed: int, precision: str
+) -> list[float]:
     """Wall, CPU and kernel (system) seconds of one epoch of ``name``."""
-    model = conv_vae(initial.encoder.config["channels"], initial.latent_dim)
-    model.load_state_dict(initial.state_dict())
+    model = copy.deepcopy(initial)
     start, start_cpu, start_sys = time.perf_counter(), time.process_time(), os.times().system
-    CONTENDERS[name](model, x, seed)
+    CONTENDERS[name](model, x, seed, precision)
     cpu = time.process_time() - start_cpu
     return [time.perf_counter() - start, cpu, os.times().system - start_sys]
 
@@ -111,8 +127,15 @@ def main() -> None:
     p.add_argument(
         "--networks",
         nargs="+",
-        default=["16,32:16", "32,64:16", "32,64,128:16"],
-        help="networks as CHANNELS:LATENT, e.g. 32,64:16 (encoder channels; decoder mirrored)",
+        default=["recipe", "32,64:16"],
+        help="recipe (autoenc.recipes.conv_vae()) or CHANNELS:LATENT, e.g. 32,64:16 (encoder "
+        "channels; decoder mirrored)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "auto"],
+        default="auto",
+        help="both contenders' precision (auto: bf16 where native, as the conv recipe)",
     )
     p.add_argument("--data", choices=["mnist", "random"], default="mnist")
     p.add_argument("--examples", type=int, default=MNIST_TRAIN, help="examples per epoch")
@@ -121,6 +144,10 @@ def main() -> None:
     if args.quick:
         args.examples, args.repeats = 1280, 2
     info = setup(args)
+    precision = args.precision
+    if precision == "auto":
+        precision = "bf16" if native_bf16() else "fp32"
+    info["precision"] = precision
 
     if args.data == "mnist":
         ((images, _), _), is_sample = mnist_or_sample(
@@ -132,21 +159,22 @@ def main() -> None:
         gen = torch.Generator().manual_seed(0)
         x = torch.randint(0, 2, (args.examples, 1, 28, 28), generator=gen).float()
         data = "random binary"
-    print(f"{x.shape[0]} {data} images per epoch, batch {BATCH}, {args.repeats} repeats")
+    print(
+        f"{x.shape[0]} {data} images per epoch, batch {BATCH}, {args.repeats} repeats, {precision}"
+    )
 
     rows, results = [], []
     for spec in args.networks:
-        channels, latent = parse_network(spec)
         torch.manual_seed(0)
-        initial = conv_vae(channels, latent)
+        initial = conv_vae(spec)
         n_params = sum(p.numel() for p in initial.parameters())
         times: dict[str, list[list[float]]] = {name: [] for name in CONTENDERS}
         names = list(CONTENDERS)
         for name in names:  # warm-up: oneDNN builds its kernels on the first calls
-            measure(name, initial, x[: 2 * BATCH], seed=0)
+            measure(name, initial, x[: 2 * BATCH], 0, precision)
         for r in range(args.repeats):
             for name in names[r % 2 :] + names[: r % 2]:  # rotate the order
-                times[name].append(measure(name, initial, x, seed=r))
+                times[name].append(measure(name, initial, x, r, precision))
         per_cpu = {n: x.shape[0] / median([c for _, c, _ in t]) for n, t in times.items()}
         per_wall = {n: x.shape[0] / median([w for w, _, _ in t]) for n, t in times.items()}
         kernel = median([k / c for t in times.values() for _, c, k in t])
@@ -166,8 +194,7 @@ def main() -> None:
         )
         results.append(
             {
-                "channels": channels,
-                "latent": latent,
+                "network": spec,
                 "parameters": n_params,
                 "wall_cpu_kernel_s": times,
                 "samples_per_cpu_s": per_cpu,
