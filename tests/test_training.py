@@ -406,6 +406,30 @@ def test_bf16_autocast_runs_on_the_cpu():
     assert result.metrics["train/loss"] == result.metrics["train/loss"]
 
 
+def _flushing() -> bool:
+    # with flushing on, a float32 denormal times one is zero
+    return (torch.tensor([1e-39]) * torch.tensor([1.0])).item() == 0.0
+
+
+@pytest.mark.parametrize("caller", [False, True])
+@pytest.mark.parametrize("flush", [True, False])
+def test_fit_flushes_denormals_while_it_trains_and_restores_the_callers_setting(caller, flush):
+    seen = []
+
+    class Watch(ScalarModel):
+        def loss(self, x):
+            seen.append(_flushing())
+            return super().loss(x)
+
+    torch.set_flush_denormal(caller)
+    try:
+        quiet(Watch("tensor"), tiny_data(), epochs=1, flush_denormals=flush)
+        assert seen and all(s == (flush or caller) for s in seen[1:])  # [0]: the dry run
+        assert _flushing() == caller
+    finally:
+        torch.set_flush_denormal(False)
+
+
 @pytest.mark.slow
 def test_training_in_bf16_reaches_the_nll_of_fp32():
     """A short run of a Bernoulli VAE on the shipped MNIST sample in bf16 ends within 0.3 nats
