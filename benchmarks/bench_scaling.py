@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -72,6 +73,11 @@ def fit_scaling(args, sizes: list[int]) -> list[dict]:
         "fit": lambda b: run_fit(images, b),
     }
     if importlib.util.find_spec("pythae") is not None:
+        import pythae.trainers  # noqa: F401 - creates its loggers, which print to stdout
+
+        for name in list(logging.root.manager.loggerDict):
+            if name.startswith("pythae"):
+                logging.getLogger(name).setLevel(logging.ERROR)
         floats = images.float() / 255
         contenders["pythae"] = lambda b: run_pythae(floats, b)
     else:
@@ -150,6 +156,7 @@ def plot(fit_runs: list[dict], nll_runs: list[dict], folder: Path) -> None:
     left.set_title("log_likelihood time")
     right.set_title("log_likelihood memory")
     left.legend()
+    right.legend()
     for ax in (left, right):
         ax.grid(alpha=0.3)
     fig.tight_layout()
