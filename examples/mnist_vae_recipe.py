@@ -9,8 +9,9 @@ autoenc.recipes.recommended_vae_recipe() holds the model and every training sett
 VAE (784-512-512 encoder, 32 latents) on dynamically binarized digits, batch 128, Adam 1e-3
 decayed to 0 by a cosine, a KL warm-up over the first 10% of the steps, 60 epochs (--epochs N
 scales it all). --preset fast trains it for 40 epochs, in bf16 where the CPU runs it natively;
---preset conv trains autoenc.recipes.conv_vae_recipe(). Writes recon_epochNNN.png, samples_epochNNN.png, loss.png, model.pt,
-metrics.json and checkpoints/last.pt (after every epoch, for --resume).
+--preset conv trains autoenc.recipes.conv_vae_recipe(). Writes recon_epochNNN.png,
+samples_epochNNN.png, loss.png, model.pt, metrics.json and checkpoints/last.pt (after every
+epoch, for --resume).
 """
 
 from __future__ import annotations
