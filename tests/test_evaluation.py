@@ -458,3 +458,28 @@ def test_the_bernoulli_estimate_matches_the_elementwise_one_and_iwae_still_train
     iwae = GaussianVAE(Encoder(12, [16], 4), Decoder(2, [16], 12), 2, objective="iwae", k=4)
     iwae.loss(x).loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in iwae.decoder.parameters())
+
+
+def test_a_likelihood_with_per_pixel_parameters_is_summed_over_image_shaped_data():
+    """A Gaussian with a learned scale per pixel of (1, 4, 4) images: with k = 1 the estimate is
+    log p(x|z) + log p(z) - log q(z|x) for the seed's z, computed here with torch.distributions."""
+    from torch.distributions import Normal
+
+    torch.manual_seed(0)
+    lik = Gaussian(learn_scale="pixel", shape=(1, 4, 4))
+    with torch.no_grad():
+        lik.log_scale.copy_(torch.randn(1, 4, 4) * 0.3)
+    vae = GaussianVAE(Encoder((1, 4, 4), [8], 4), Decoder(2, [8], (1, 4, 4)), 2, likelihood=lik)
+    x = torch.rand(5, 1, 4, 4)
+    got = log_likelihood(vae, x, k=1, seed=3, precision="fp32").log_px
+    vae.eval()
+    with torch.no_grad():
+        q = vae.encode(x)
+        eps = torch.randn(q.mu.shape, generator=torch.Generator().manual_seed(3))
+        std = torch.exp(0.5 * q.logvar)
+        z = q.mu + std * eps
+        mean = vae.decoder(z)
+        log_px_z = Normal(mean, lik.log_scale.exp()).log_prob(x).sum((1, 2, 3))
+        log_pz = Normal(0.0, 1.0).log_prob(z).sum(1)
+        log_qz = Normal(q.mu, std).log_prob(z).sum(1)
+    torch.testing.assert_close(got, log_px_z + log_pz - log_qz, rtol=1e-5, atol=1e-4)

@@ -88,16 +88,18 @@ class Likelihood(nn.Module):
         return self.nll(params, x).sum()
 
     def event_nll(self, params: Tensor, x: Tensor) -> Tensor:
-        """:meth:`nll` summed over the last dimension, ``x`` broadcast against ``params``.
+        """:meth:`nll` summed over each datum: ``params`` ``(k, b, *shape)`` against the batch
+        ``x`` ``(b, *shape)``, broadcast over ``k``; returns ``(k, b)``.
 
         Evaluation (:func:`~autoenc.evaluation.log_likelihood`) reduces through it; subclasses
         override it with a faster form where they have one.
 
         Example:
-            >>> SquaredError().event_nll(torch.zeros(3, 2, 4), torch.ones(2, 4)).shape
+            >>> SquaredError().event_nll(torch.zeros(3, 2, 1, 4, 4), torch.ones(2, 1, 4, 4)).shape
             torch.Size([3, 2])
         """
-        return self.nll(params, x.expand_as(params)).sum(-1)
+        nll = self.nll(params, x.expand_as(params))
+        return nll.flatten(nll.dim() - x.dim() + 1).sum(-1)
 
     def check_target(self, x: Tensor) -> None:
         """Raise ``ValueError`` when ``x`` is outside the likelihood's support."""
@@ -226,7 +228,8 @@ class Bernoulli(Likelihood):
     def event_nll(self, params: Tensor, x: Tensor) -> Tensor:
         if torch.is_grad_enabled() and params.requires_grad:  # the IWAE objective trains on it
             return super().event_nll(params, x)
-        return bernoulli_event_nll(params, x)
+        flat_x = x.flatten(1) if x.dim() > 1 else x[:, None]  # (b, d)
+        return bernoulli_event_nll(params.flatten(params.dim() - x.dim() + 1), flat_x)
 
     def mean(self, params: Tensor) -> Tensor:
         return torch.sigmoid(params)

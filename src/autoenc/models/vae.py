@@ -341,8 +341,8 @@ def log_weights(
             params = model.decode_params(flat, c.repeat(k, *(1,) * (c.dim() - 1)))  # (k * b, ...)
         else:
             params = model.decoder(flat)
-    d = math.prod(x.shape[1:])  # not reshape(k, b, -1): that fails at b = 0
-    log_px_z = -likelihood.event_nll(params.to(z.dtype).reshape(k, b, d), x.reshape(b, d))  # (k, b)
+    params = params.to(z.dtype).reshape(k, *x.shape)  # (k, b, *shape)
+    log_px_z = -likelihood.event_nll(params, x)  # (k, b)
     # log q(z|x) = log N(eps; 0, I) - logvar / 2 exactly, without recovering eps from z - mu.
     log_qz = (gaussian_log_prob(eps) - 0.5 * q.logvar).sum(dim=2)  # (k, b)
     log_pz = gaussian_log_prob(z, mu_p, logvar_p).sum(dim=2)  # (k, b)
