@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import logging
 import tempfile
 import time
 
@@ -41,6 +40,7 @@ from harness import (
     median,
     mnist,
     parser,
+    quiet_pythae,
     setup,
     table,
     write_json,
@@ -135,11 +135,7 @@ def main() -> None:
     if not has_pythae:
         print("pythae is not installed (or --no-pythae): its column is skipped")
     else:
-        import pythae.trainers  # noqa: F401 - creates its loggers, which print to stdout
-
-        for name in list(logging.root.manager.loggerDict):
-            if name.startswith("pythae"):
-                logging.getLogger(name).setLevel(logging.ERROR)
+        quiet_pythae()
     sizes = [int(s) for s in args.batch_sizes.split(",")]
     peaks = [matmul_peak()]
     print(f"matmul peak {peaks[0]['wall']:.1f} GFLOP/s", flush=True)

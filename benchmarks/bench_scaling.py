@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import torch
 from bench_fit import run_article, run_fit, run_pythae
-from harness import median, mnist, parser, setup, table, write_json
+from harness import median, mnist, parser, quiet_pythae, setup, table, write_json
 
 NLL_CHILD = """
 import json, os, sys, threading, time, torch
@@ -73,11 +72,7 @@ def fit_scaling(args, sizes: list[int]) -> list[dict]:
         "fit": lambda b: run_fit(images, b),
     }
     if importlib.util.find_spec("pythae") is not None:
-        import pythae.trainers  # noqa: F401 - creates its loggers, which print to stdout
-
-        for name in list(logging.root.manager.loggerDict):
-            if name.startswith("pythae"):
-                logging.getLogger(name).setLevel(logging.ERROR)
+        quiet_pythae()
         floats = images.float() / 255
         contenders["pythae"] = lambda b: run_pythae(floats, b)
     else:

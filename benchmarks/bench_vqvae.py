@@ -42,13 +42,12 @@ import contextlib
 import copy
 import importlib.util
 import io
-import logging
 import math
 import tempfile
 import time
 
 import torch
-from harness import mnist_uint8, parser, setup, table, write_json
+from harness import mnist_uint8, parser, quiet_pythae, setup, table, write_json
 from torch import nn
 
 from autoenc import VQVAE, ConvDecoder, ConvEncoder, VectorQuantizer, fit
@@ -163,11 +162,7 @@ def main() -> None:
     if not has_pythae:
         print("pythae is not installed (or --no-pythae): its rows are skipped")
     else:
-        import pythae.trainers  # noqa: F401 - creates its loggers, which print to stdout
-
-        for name in list(logging.root.manager.loggerDict):
-            if name.startswith("pythae"):
-                logging.getLogger(name).setLevel(logging.ERROR)
+        quiet_pythae()
 
     contenders = {
         "autoenc EMA+restart": lambda n: run_autoenc(*n, restart_after=RESTART_AFTER),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import statistics
@@ -130,6 +131,16 @@ def median(values: Sequence[float]) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # data and models
+
+
+def quiet_pythae() -> None:
+    """Import pythae's trainers (which create loggers that print to stdout) and set those
+    loggers to errors only, so that its progress lines do not fill the benchmark's output."""
+    import pythae.trainers  # noqa: F401
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("pythae"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def mnist(root: str, *, train: bool = True):
