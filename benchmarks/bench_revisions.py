@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from harness import revision_src
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Runs in the child: one timed fit of `steps` batches of 32 after an untimed warm-up.
@@ -62,22 +64,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300, help="timed steps per measurement")
     p.add_argument("--repeats", type=int, default=3, help="measurements of each revision")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp) / "base"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), args.base],
-            check=True,
-            capture_output=True,
-        )
-        try:
-            times: dict[str, list[float]] = {args.base: [], "this tree": []}
-            for _ in range(args.repeats):
-                times[args.base].append(measure(base / "src", args.steps))
-                times["this tree"].append(measure(ROOT / "src", args.steps))
-        finally:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=True
-            )
+    with revision_src(args.base) as base_src:
+        times: dict[str, list[float]] = {args.base: [], "this tree": []}
+        for _ in range(args.repeats):
+            times[args.base].append(measure(base_src, args.steps))
+            times["this tree"].append(measure(ROOT / "src", args.steps))
     medians = {name: statistics.median(values) for name, values in times.items()}
     print(f"fit, article VAE, batch 32, {args.steps} steps, 1 thread: CPU ms per step")
     for name, values in times.items():

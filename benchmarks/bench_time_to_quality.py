@@ -39,7 +39,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import torch
-from harness import HERE, describe, machine, median, mnist, parser, table, write_json
+from harness import describe, machine, median, mnist, parser, revision_src, table, write_json
 
 from autoenc import fit, log_likelihood, native_bf16, save
 from autoenc.data import dynamic_binarize
@@ -109,23 +109,15 @@ def train_job(name: str, recipe: str, changes: dict, flush: bool, opts: dict) ->
 def base_eval_job(base: str, model_path: str, opts: dict) -> dict:
     """Score ``model_path`` with revision ``base``'s ``log_likelihood``, in a subprocess."""
     tmp = Path(opts["tmp"])
-    tree = tmp / "base"
-    root = HERE.parent
-    subprocess.run(
-        ["git", "-C", str(root), "worktree", "add", "--detach", str(tree), base],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    try:
-        data = tmp / "test.pt"
-        torch.save(test_images(opts["root"], opts["n_test"]), data)
-        env = {**os.environ, "PYTHONPATH": str(tree / "src"), "OMP_NUM_THREADS": "1"}
+    data = tmp / "test.pt"
+    torch.save(test_images(opts["root"], opts["n_test"]), data)
+    with revision_src(base) as src:
+        env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
         out = subprocess.run(
             [sys.executable, "-c", EVAL_CHILD, model_path, str(data), str(opts["k"]),
              str(tmp / "base.logpx")],
             env=env, capture_output=True, text=True, check=True, cwd=tmp,
         )  # fmt: skip
-    finally:
-        subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)])
     return {"revision": base, **json.loads(out.stdout.strip().splitlines()[-1])}
 
 

@@ -8,14 +8,17 @@ equivalent VAE is :func:`library_vae`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +134,22 @@ def median(values: Sequence[float]) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # data and models
+
+
+@contextlib.contextmanager
+def revision_src(revision: str) -> Iterator[Path]:
+    """Check ``revision`` out into a temporary ``git worktree`` and yield its ``src`` folder
+    (put it on ``PYTHONPATH`` to import that revision's autoenc); the worktree is removed after."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "tree"
+        git = ["git", "-C", str(HERE.parent), "worktree"]
+        subprocess.run(
+            [*git, "add", "--detach", str(tree), revision], check=True, capture_output=True
+        )
+        try:
+            yield tree / "src"
+        finally:
+            subprocess.run([*git, "remove", "--force", str(tree)], check=True)
 
 
 def quiet_pythae() -> None:
