@@ -226,6 +226,21 @@ def test_bernoulli_event_nll_is_the_summed_nll_for_draws_sharing_a_batch(d: int)
     )
 
 
+def test_bernoulli_event_nll_sums_bf16_logits_in_float32_and_leaves_them_alone() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(4, 2, 784, generator=g) * 8).bfloat16()  # a bf16 decoder pass
+    x = torch.randint(0, 2, (2, 784), generator=g).float()
+    before = logits.clone()
+    actual = bernoulli_event_nll(logits, x)
+    expected = bernoulli_nll(logits.double(), x.double().expand(4, 2, 784)).sum(-1)
+    assert actual.dtype == torch.float32
+    torch.testing.assert_close(actual.double(), expected, rtol=1e-6, atol=1e-3)
+    assert torch.equal(logits, before)
+    fp32 = before.float()
+    bernoulli_event_nll(fp32, x)
+    assert torch.equal(fp32, before.float())
+
+
 # --- continuous Bernoulli
 
 # Logits where torch's float64 reference is accurate (it works on probabilities, which lose

@@ -245,11 +245,12 @@ def bernoulli_event_nll(logits: Tensor, x: Tensor) -> Tensor:
     """:func:`bernoulli_nll` summed over the last dimension, without autograd; for evaluation.
 
     ``x`` broadcasts against ``logits``, so ``k`` draws ``(k, b, d)`` share one ``(b, d)``
-    batch. Written as ``sum(relu(l)) - x . l + sum(log(1 + exp(-|l|)))`` with the last sum taken
-    as the log of products of a few dozen factors in ``(1, 2]`` (they cannot overflow): torch's
-    CPU ``softplus`` and ``log1p`` kernels cost several times an ``exp``, and this needs one
-    ``exp`` per element and a ``log`` per group. It agrees with :func:`bernoulli_nll` to float
-    rounding of the sums.
+    batch. Low-precision logits (bfloat16 from a bf16 decoder pass) are summed in float32 or
+    ``x``'s dtype. Written as ``(1/2 - x) . l + sum(|l|) / 2 - sum(log(sigmoid(|l|)))``, the
+    last sum taken as the log of products of a few dozen factors in ``[1/2, 1]`` (they cannot
+    underflow): torch's CPU ``softplus`` and ``log1p`` kernels cost several times a
+    ``sigmoid``, and this needs one ``sigmoid`` per element and a ``log`` per group. It agrees
+    with :func:`bernoulli_nll` to float rounding of the sums.
 
     Args:
         logits: Logits ``(..., d)``.
@@ -265,7 +266,11 @@ def bernoulli_event_nll(logits: Tensor, x: Tensor) -> Tensor:
     """
     with torch.no_grad():
         d = logits.shape[-1]
-        group = max(g for g in range(1, min(d, 64) + 1) if d % g == 0)  # 2**64 fits any float
-        tail = logits.abs().neg_().exp_().add_(1)  # 1 + exp(-|l|), in (1, 2]
-        tail = tail.unflatten(-1, (d // group, group)).prod(-1).log_().sum(-1)
-        return logits.clamp(min=0).sum(-1) - torch.linalg.vecdot(logits, x.to(logits.dtype)) + tail
+        group = max(g for g in range(1, min(d, 64) + 1) if d % g == 0)  # 2**-64 fits any float
+        dtype = torch.promote_types(torch.promote_types(logits.dtype, x.dtype), torch.float32)
+        logits = logits.to(dtype, copy=True)  # worked on in place below
+        dot = torch.linalg.vecdot(logits, 0.5 - x.to(dtype))
+        magnitude = logits.abs_()
+        half_abs = magnitude.sum(-1).mul_(0.5)
+        log_sigmoid = magnitude.sigmoid_().unflatten(-1, (d // group, group)).prod(-1).log_()
+        return dot + half_abs - log_sigmoid.sum(-1)

@@ -89,7 +89,8 @@ class Likelihood(nn.Module):
 
     def event_nll(self, params: Tensor, x: Tensor) -> Tensor:
         """:meth:`nll` summed over each datum: ``params`` ``(k, b, *shape)`` against the batch
-        ``x`` ``(b, *shape)``, broadcast over ``k``; returns ``(k, b)``.
+        ``x`` ``(b, *shape)``, broadcast over ``k``; returns ``(k, b)`` in ``x``'s dtype
+        (bfloat16 parameters from a bf16 decoder pass are cast up first).
 
         Evaluation (:func:`~autoenc.evaluation.log_likelihood`) reduces through it; subclasses
         override it with a faster form where they have one.
@@ -98,7 +99,7 @@ class Likelihood(nn.Module):
             >>> SquaredError().event_nll(torch.zeros(3, 2, 1, 4, 4), torch.ones(2, 1, 4, 4)).shape
             torch.Size([3, 2])
         """
-        nll = self.nll(params, x.expand_as(params))
+        nll = self.nll(params.to(x.dtype), x.expand_as(params))  # params may be bf16
         return nll.flatten(nll.dim() - x.dim() + 1).sum(-1)
 
     def check_target(self, x: Tensor) -> None:

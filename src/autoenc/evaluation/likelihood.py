@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from autoenc._utils import (
+    autocast,
     check_int,
     check_number,
     check_precision,
@@ -261,13 +262,15 @@ def log_likelihood(
             q = model.encode(x) if c is None else model.encode(x, c)
             like = {"dtype": q.mu.dtype, "device": q.mu.device}
             total = torch.full((x.shape[0],), -math.inf, **like)  # (b,)
-            for start in range(0, k, chunk):
-                n = min(chunk, k - start)
-                # One draw per sample keeps the stream the same whatever the chunking.
-                draws = [torch.randn(q.mu.shape, generator=generator, **like) for _ in range(n)]
-                eps = torch.stack(draws)  # (n, b, latent)
-                log_px_z, log_ratio = log_weights(model, lik, x, q, eps, c, precision=precision)
-                total = torch.logaddexp(total, torch.logsumexp(log_px_z + log_ratio, dim=0))
+            # One autocast region for all the chunks: the decoder's weights are cast once.
+            with autocast(precision, x.device):
+                for start in range(0, k, chunk):
+                    n = min(chunk, k - start)
+                    # One draw per sample keeps the stream the same whatever the chunking.
+                    draws = [torch.randn(q.mu.shape, generator=generator, **like) for _ in range(n)]
+                    eps = torch.stack(draws)  # (n, b, latent)
+                    log_px_z, log_ratio = log_weights(model, lik, x, q, eps, c, precision=precision)
+                    total = torch.logaddexp(total, torch.logsumexp(log_px_z + log_ratio, dim=0))
             estimates.append((total - math.log(k)).cpu())
     if not estimates:
         raise ValueError("data is empty: log_likelihood needs at least one example")

@@ -341,11 +341,12 @@ def log_weights(
             params = model.decode_params(flat, c.repeat(k, *(1,) * (c.dim() - 1)))  # (k * b, ...)
         else:
             params = model.decoder(flat)
-    params = params.to(z.dtype).reshape(k, *x.shape)  # (k, b, *shape)
-    log_px_z = -likelihood.event_nll(params, x)  # (k, b)
-    # log q(z|x) = log N(eps; 0, I) - logvar / 2 exactly, without recovering eps from z - mu.
-    log_qz = (gaussian_log_prob(eps) - 0.5 * q.logvar).sum(dim=2)  # (k, b)
-    log_pz = gaussian_log_prob(z, mu_p, logvar_p).sum(dim=2)  # (k, b)
+    params = params.reshape(k, *x.shape)  # (k, b, *shape), bf16 after a bf16 pass
+    with torch.autocast(z.device.type, enabled=False):  # the caller may hold autocast open
+        log_px_z = -likelihood.event_nll(params, x)  # (k, b), in x's dtype
+        # log q(z|x) = log N(eps; 0, I) - logvar / 2 exactly, without recovering eps from z - mu.
+        log_qz = (gaussian_log_prob(eps) - 0.5 * q.logvar).sum(dim=2)  # (k, b)
+        log_pz = gaussian_log_prob(z, mu_p, logvar_p).sum(dim=2)  # (k, b)
     return log_px_z, log_pz - log_qz
 
 
