@@ -14,6 +14,7 @@ from torch.distributions import ContinuousBernoulli, Normal, kl_divergence
 from autoenc.functional import (
     bernoulli_event_nll,
     bernoulli_nll,
+    bernoulli_nll_sum,
     continuous_bernoulli_log_norm,
     gaussian_kl,
     gaussian_kl_from_std,
@@ -239,6 +240,41 @@ def test_bernoulli_event_nll_sums_bf16_logits_in_float32_and_leaves_them_alone()
     fp32 = before.float()
     bernoulli_event_nll(fp32, x)
     assert torch.equal(fp32, before.float())
+
+
+def test_bernoulli_nll_sum_and_its_gradients_match_torch_in_float64() -> None:
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(3, 1, 4, 5, generator=g, dtype=torch.float64) * 20).requires_grad_()
+    x = torch.rand(3, 1, 4, 5, generator=g, dtype=torch.float64).requires_grad_()
+    ours = bernoulli_nll_sum(logits, x)
+    ours_grads = torch.autograd.grad(ours, (logits, x))
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+    ref_grads = torch.autograd.grad(ref, (logits, x))
+    torch.testing.assert_close(ours, ref)
+    for a, b in zip(ours_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_bernoulli_nll_sum_under_bf16_autocast_gives_float32_loss_and_bf16_gradients() -> None:
+    logits = (torch.randn(4, 784) * 5).bfloat16().requires_grad_()
+    x = torch.randint(0, 2, (4, 784)).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = bernoulli_nll_sum(logits, x)
+    loss.backward()
+    expected = bernoulli_nll(logits.detach().double(), x.double()).sum()
+    assert loss.dtype == torch.float32 and logits.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-6, atol=1e-3)
+    ref_grad = torch.sigmoid(logits.detach().float()) - x
+    torch.testing.assert_close(logits.grad.float(), ref_grad, atol=4e-3, rtol=0)
+
+
+def test_bernoulli_nll_sum_of_nothing_is_zero_and_shapes_must_match() -> None:
+    empty = torch.zeros(0, 3, requires_grad=True)
+    total = bernoulli_nll_sum(empty, torch.zeros(0, 3))
+    total.backward()
+    assert total.item() == 0 and empty.grad.shape == (0, 3)
+    with pytest.raises(ValueError, match="logits and x must have the same shape"):
+        bernoulli_nll_sum(torch.zeros(2, 3), torch.zeros(3, 2))
 
 
 # --- continuous Bernoulli

@@ -31,7 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from autoenc._utils import LOG_2PI
-from autoenc.functional import bernoulli_event_nll, bernoulli_nll, continuous_bernoulli_log_norm
+from autoenc.functional import (
+    bernoulli_event_nll,
+    bernoulli_nll,
+    bernoulli_nll_sum,
+    continuous_bernoulli_log_norm,
+)
 
 __all__ = [
     "Likelihood",
@@ -224,7 +229,7 @@ class Bernoulli(Likelihood):
         return bernoulli_nll(params, x)
 
     def nll_sum(self, params: Tensor, x: Tensor) -> Tensor:
-        return F.binary_cross_entropy_with_logits(params, x, reduction="sum")
+        return bernoulli_nll_sum(params, x)
 
     def event_nll(self, params: Tensor, x: Tensor) -> Tensor:
         if torch.is_grad_enabled() and params.requires_grad:  # the IWAE objective trains on it
