@@ -82,14 +82,9 @@ def train_job(name: str, recipe: str, changes: dict, flush: bool, opts: dict) ->
     r = replace(RECIPES[recipe](), **changes)
     epochs = opts["epochs"] or r.epochs
     train_x = mnist(opts["root"], train=True).data.unsqueeze(1)
-    steps = r.total_steps(len(train_x), epochs=epochs)
+    settings = r.fit_kwargs(len(train_x), epochs=epochs)
     start, wall = time.process_time(), time.perf_counter()
-    fit(
-        r.model, train_x, epochs=epochs, batch_size=r.batch_size, lr=r.lr,
-        scheduler=r.scheduler(steps), scheduler_interval=r.scheduler_interval,
-        transform=r.transform, callbacks=r.callbacks(steps), precision=r.precision,
-        flush_denormals=flush, seed=0, device="cpu", verbose=False,
-    )  # fmt: skip
+    fit(r.model, train_x, **settings, flush_denormals=flush, seed=0, device="cpu", verbose=False)
     train_cpu, train_wall = time.process_time() - start, time.perf_counter() - wall
     x = test_images(opts["root"], opts["n_test"])
     start = time.process_time()

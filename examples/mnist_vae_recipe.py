@@ -77,29 +77,30 @@ def main() -> None:
     # set binarized once, so that every evaluation sees the same digits.
     train_x, test_x = cli.load_mnist(args, batch_size=recipe.batch_size)
     test_bin = dynamic_binarize(test_x, generator=torch.Generator().manual_seed(args.seed))
-    total_steps = recipe.total_steps(len(train_x), epochs=args.epochs)
-    if cli.is_main_process():
-        print(f"{recipe}\nthis run: {args.epochs} epochs, {total_steps} steps (all scaled to them)")
-
-    # Callbacks: the recipe's KL warm-up, pictures, and last.pt after every epoch (no best.pt:
-    # "best" would be chosen on the test set).
     snapshots = ImageSnapshots(out, test_bin[:32], every_n_epochs=args.every)
-    checkpoints = ModelCheckpoint(out / "checkpoints", save_best=False)
-    callbacks = [*recipe.callbacks(total_steps), snapshots, checkpoints, cli.SlowEpochHint()]
+    # fit's settings from the recipe (batch size, learning rate and its schedule, KL warm-up,
+    # binarizing transform, precision), scaled to this run's epochs.
+    settings = recipe.fit_kwargs(
+        len(train_x),
+        epochs=args.epochs,
+        # after the recipe's KL warm-up: pictures, and last.pt after every epoch (no best.pt:
+        # "best" would be chosen on the test set)
+        callbacks=[
+            snapshots,
+            ModelCheckpoint(out / "checkpoints", save_best=False),
+            cli.SlowEpochHint(),
+        ],
+    )
+    if cli.is_main_process():
+        steps = recipe.total_steps(len(train_x), epochs=args.epochs)
+        print(f"{recipe}\nthis run: {args.epochs} epochs, {steps} steps (all scaled to them)")
 
     cpu_start = time.process_time()
     result = fit(
         recipe.model,
         train_x,
         val_data=test_bin,  # already binary: the transform leaves it as it is
-        epochs=args.epochs,
-        batch_size=recipe.batch_size,
-        lr=recipe.lr,
-        scheduler=recipe.scheduler(total_steps),
-        scheduler_interval=recipe.scheduler_interval,
-        transform=recipe.transform,
-        precision=recipe.precision,
-        callbacks=callbacks,
+        **settings,
         seed=args.seed,
         device=args.device,
         resume=args.resume,

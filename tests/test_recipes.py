@@ -88,3 +88,26 @@ def test_run_length_arguments_are_checked():
         recipe.total_steps(0)
     with pytest.raises(ValueError, match="total_steps"):
         recipe.callbacks(-1)
+
+
+def test_fit_kwargs_train_the_recipe_for_the_run_asked_for():
+    from autoenc import Callback, fit
+
+    class Rates(Callback):
+        def __init__(self):
+            self.rates = []
+
+        def on_batch_end(self, state):
+            self.rates.append(state.optimizer.param_groups[0]["lr"])
+
+    recipe = recommended_vae_recipe(latent_dim=2, hidden=(8,))
+    rates = Rates()
+    kwargs = recipe.fit_kwargs(300, epochs=2, callbacks=[rates])
+    warmup, last = kwargs["callbacks"]
+    assert isinstance(warmup, KLWarmup) and warmup.length == round(0.1 * 2 * 3) and last is rates
+    x = torch.randint(0, 256, (300, 1, 28, 28), dtype=torch.uint8)
+    result = fit(recipe.model, x, **kwargs, seed=0, device="cpu", verbose=False)
+    assert result.state.epochs_completed == 2 and len(rates.rates) == 2 * 3  # ceil(300 / 128)
+    assert rates.rates[0] < recipe.lr and rates.rates[-1] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="epochs"):
+        recipe.fit_kwargs(300, epochs=0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -54,8 +55,8 @@ Scheduler = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRSchedul
 class Recipe:
     """A freshly built model and the settings it is trained with.
 
-    Pass the settings to :func:`autoenc.fit` as they are; :meth:`scheduler` and
-    :meth:`callbacks` build the parts that depend on the length of the run, so that the same
+    :meth:`fit_kwargs` gives them as :func:`autoenc.fit`'s keyword arguments; :meth:`scheduler`
+    and :meth:`callbacks` build the parts that depend on the length of the run, so that the same
     recipe scales to any number of epochs (warm-up and decay included). Vary a recipe with
     :func:`dataclasses.replace`.
 
@@ -151,6 +152,31 @@ class Recipe:
         """
         warmup_steps = round(self.warmup * check_int(total_steps, "total_steps"))
         return [KLWarmup(steps=warmup_steps)] if warmup_steps > 0 else []
+
+    def fit_kwargs(
+        self, num_examples: int, *, epochs: int | None = None, callbacks: Sequence[Callback] = ()
+    ) -> dict[str, Any]:
+        """:func:`autoenc.fit`'s keyword arguments for a run over ``num_examples`` training
+        examples for ``epochs`` (default: the recipe's), its callbacks followed by ``callbacks``.
+
+        Example:
+            >>> recipe = recommended_vae_recipe()
+            >>> kwargs = recipe.fit_kwargs(60_000, epochs=2)
+            >>> kwargs["epochs"], kwargs["batch_size"], kwargs["callbacks"][0].length
+            (2, 128, 94)
+        """
+        epochs = self.epochs if epochs is None else check_int(epochs, "epochs")
+        steps = self.total_steps(num_examples, epochs=epochs)
+        return {
+            "epochs": epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "scheduler": self.scheduler(steps),
+            "scheduler_interval": self.scheduler_interval,
+            "transform": self.transform,
+            "callbacks": [*self.callbacks(steps), *callbacks],
+            "precision": self.precision,
+        }
 
 
 def article_autoencoder() -> Autoencoder:
