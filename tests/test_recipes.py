@@ -111,3 +111,16 @@ def test_fit_kwargs_train_the_recipe_for_the_run_asked_for():
     assert rates.rates[0] < recipe.lr and rates.rates[-1] == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="epochs"):
         recipe.fit_kwargs(300, epochs=0)
+
+
+def test_the_fast_preset_changes_only_activation_rate_length_and_precision():
+    from autoenc.recipes import fast_vae_recipe
+
+    fast, recommended = fast_vae_recipe(), recommended_vae_recipe()
+    same = ["batch_size", "lr_schedule", "scheduler_interval", "warmup", "transform"]
+    assert all(getattr(fast, f) == getattr(recommended, f) for f in same)
+    assert (fast.epochs, fast.lr, fast.precision) == (20, 2.5e-3, "auto")
+    shapes = [p.shape for p in fast.model.parameters()]
+    assert shapes == [p.shape for p in recommended.model.parameters()]
+    acts = {type(m).__name__ for m in fast.model.modules() if not list(m.children())}
+    assert "SiLU" in acts and "ReLU" not in acts

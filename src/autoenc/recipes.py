@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -210,10 +210,12 @@ def article_vae() -> GaussianVAE:
     return GaussianVAE(encoder, decoder, 10, likelihood="mse", posterior="sigma", reduction="mean")
 
 
-def recommended_vae(latent_dim: int = 32, hidden: Sequence[int] = (512, 512)) -> GaussianVAE:
+def recommended_vae(
+    latent_dim: int = 32, hidden: Sequence[int] = (512, 512), activation: str = "relu"
+) -> GaussianVAE:
     """The library's recommended MNIST VAE: a Bernoulli VAE for (dynamically) binarized digits.
 
-    A 784-512-512 ReLU encoder giving the mean and log-variance of 32 latents, a mirrored
+    A 784-512-512 encoder giving the mean and log-variance of 32 latents, a mirrored
     32-512-512-784 decoder giving Bernoulli logits, and the plain ELBO in nats per image (the
     reconstruction summed over pixels, averaged over the batch). Train it on binarized data:
     pass ``transform=autoenc.data.dynamic_binarize`` to :func:`autoenc.fit`.
@@ -223,6 +225,7 @@ def recommended_vae(latent_dim: int = 32, hidden: Sequence[int] = (512, 512)) ->
     Args:
         latent_dim: Size of ``z``.
         hidden: Hidden widths of the encoder; the decoder mirrors them.
+        activation: After every hidden layer: a name in ``autoenc.networks.ACTIVATIONS``.
 
     Example:
         >>> vae = recommended_vae()
@@ -231,8 +234,8 @@ def recommended_vae(latent_dim: int = 32, hidden: Sequence[int] = (512, 512)) ->
         >>> sum(p.numel() for p in vae.parameters())
         1379152
     """
-    encoder = Encoder(MNIST_SHAPE, list(hidden), 2 * latent_dim)
-    decoder = Decoder(latent_dim, list(reversed(hidden)), MNIST_SHAPE)
+    encoder = Encoder(MNIST_SHAPE, list(hidden), 2 * latent_dim, activation=activation)
+    decoder = Decoder(latent_dim, list(reversed(hidden)), MNIST_SHAPE, activation=activation)
     return GaussianVAE(encoder, decoder, latent_dim, likelihood="bernoulli")
 
 
@@ -278,19 +281,25 @@ def conv_autoencoder(latent_dim: int = 20, channels: Sequence[int] = (32, 64)) -
 
 
 def fast_vae_recipe(latent_dim: int = 32, hidden: Sequence[int] = (512, 512)) -> Recipe:
-    """The recommended VAE in less CPU time: 40 epochs, in bf16 where the CPU runs it natively.
+    """The recommended VAE in a fraction of the CPU time: SiLU, a larger learning rate, 20
+    epochs, in bf16 where the CPU runs it natively.
 
-    The settings of :func:`recommended_vae_recipe` but for ``epochs=40`` and
+    :func:`recommended_vae` with SiLU activations instead of ReLU, trained with the settings of
+    :func:`recommended_vae_recipe` but for learning rate 2.5e-3, ``epochs=20`` and
     ``precision="auto"``; :func:`autoenc.fit` flushes denormal floats by default, which long
     CPU runs need. On a CPU without native bf16 it trains in fp32. The docs' *Measured
     results* page has what it reaches against the 60-epoch recipe, and what each change buys.
 
     Example:
         >>> recipe = fast_vae_recipe()
-        >>> recipe.epochs, recipe.batch_size, recipe.lr_schedule, recipe.precision
-        (40, 128, 'cosine', 'auto')
+        >>> recipe.epochs, recipe.batch_size, recipe.lr, recipe.lr_schedule, recipe.precision
+        (20, 128, 0.0025, 'cosine', 'auto')
+        >>> type(recipe.model.decoder.net[1]).__name__
+        'SiLU'
     """
-    return replace(recommended_vae_recipe(latent_dim, hidden), epochs=40, precision="auto")
+    model = recommended_vae(latent_dim, hidden, activation="silu")
+    settings = {**_SETTINGS, "lr": 2.5e-3}
+    return Recipe(model=model, epochs=20, precision="auto", **settings)
 
 
 def conv_vae(
