@@ -10,6 +10,7 @@ the worker's.
 Run::
 
     python benchmarks/bench_fast_preset.py --json benchmarks/results/fast_preset.json
+    python benchmarks/bench_fast_preset.py --sweep-lr 1.5e-3 2e-3 3e-3 4e-3 --seeds 0
     python benchmarks/bench_fast_preset.py --quick   # 1 epoch, K=20, 500 images, one seed
 """
 
@@ -39,11 +40,11 @@ ROWS = {
 }
 
 
-def job(name: str, seed: int, opts: dict) -> dict:
+def job(name: str, seed: int, opts: dict, row: tuple) -> dict:
     """Train one row from ``seed`` and score it; this worker's CPU seconds."""
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    activation, lr, precision = ROWS[name]
+    activation, lr, precision = row
     model = recommended_vae(activation=activation)  # built first: the seed's initial weights
     recipe = replace(fast_vae_recipe(), model=model, lr=lr)
     recipe = replace(recipe, precision=precision or recipe.precision)
@@ -66,7 +67,11 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds")
     p.add_argument("--k", type=int, default=200, help="importance samples per test image")
     p.add_argument("--jobs", type=int, default=2, help="worker processes at a time")
+    p.add_argument(
+        "--sweep-lr", type=float, nargs="+", default=[], help="also SiLU at these learning rates"
+    )
     args = p.parse_args()
+    ROWS.update({f"SiLU, lr {lr:g}": ("silu", lr, None) for lr in args.sweep_lr})
     info = machine() | {"torch_threads": 1, "native_bf16": native_bf16()}
     print(describe(info), f"native bf16: {info['native_bf16']}", sep="; ", flush=True)
     opts = {
@@ -77,7 +82,7 @@ def main() -> None:
     }  # fmt: skip
     seeds = args.seeds[:1] if args.quick else args.seeds
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-        jobs = [pool.submit(job, name, seed, opts) for name in ROWS for seed in seeds]
+        jobs = [pool.submit(job, name, seed, opts, ROWS[name]) for name in ROWS for seed in seeds]
         runs = [j.result() for j in jobs]
     rows = []
     for name in ROWS:
