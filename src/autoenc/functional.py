@@ -1,7 +1,9 @@
 """The maths of autoencoders as plain functions on tensors.
 
-Every function here is elementwise and returns an unreduced tensor; the caller reduces with
-:func:`sum_except_batch` (or its own reduction). That keeps one formula in one place, the way
+The functions here are elementwise and return an unreduced tensor, which the caller reduces
+with :func:`sum_except_batch` (or its own reduction), except the two Bernoulli sums
+(:func:`bernoulli_nll_sum` for training, :func:`bernoulli_event_nll` for evaluation), which
+reduce in a form faster than the elementwise one. That keeps one formula in one place, the way
 ``torch.distributions.kl`` does, and lets models, losses and evaluation share it.
 """
 
