@@ -245,6 +245,11 @@ def bernoulli_nll(logits: Tensor, x: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits, x, reduction="none")
 
 
+def _sum_dtype(logits: Tensor, x: Tensor) -> torch.dtype:
+    """The dtype the Bernoulli sums work in: the wider of the inputs', at least float32."""
+    return torch.promote_types(torch.promote_types(logits.dtype, x.dtype), torch.float32)
+
+
 class _BernoulliNLLSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, logits: Tensor, x: Tensor) -> Tensor:
@@ -255,7 +260,7 @@ class _BernoulliNLLSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
         logits, x = ctx.saved_tensors
-        dtype = torch.promote_types(torch.promote_types(logits.dtype, x.dtype), torch.float32)
+        dtype = _sum_dtype(logits, x)
         logits = logits.to(dtype)
         grad_logits = (torch.sigmoid(logits) - x) * grad if ctx.needs_input_grad[0] else None
         grad_x = -logits * grad if ctx.needs_input_grad[1] else None
@@ -286,7 +291,7 @@ def bernoulli_nll_sum(logits: Tensor, x: Tensor) -> Tensor:
     """
     _check_same_shape("logits", logits, "x", x)
     if logits.numel() == 0:
-        dtype = torch.promote_types(torch.promote_types(logits.dtype, x.dtype), torch.float32)
+        dtype = _sum_dtype(logits, x)
         return (logits.to(dtype) * x).sum()  # 0, and a gradient of the right shape
     return _BernoulliNLLSum.apply(logits, x)
 
@@ -317,7 +322,7 @@ def bernoulli_event_nll(logits: Tensor, x: Tensor) -> Tensor:
     with torch.no_grad():
         d = logits.shape[-1]
         group = max(g for g in range(1, min(d, 64) + 1) if d % g == 0)  # 2**-64 fits any float
-        dtype = torch.promote_types(torch.promote_types(logits.dtype, x.dtype), torch.float32)
+        dtype = _sum_dtype(logits, x)
         logits = logits.to(dtype, copy=True)  # worked on in place below
         dot = torch.linalg.vecdot(logits, 0.5 - x.to(dtype))
         magnitude = logits.abs_()
