@@ -23,10 +23,9 @@ from dataclasses import replace
 from multiprocessing import get_context
 
 import torch
-from harness import describe, machine, mnist, parser, table, write_json
+from harness import binarized_test_images, describe, machine, mnist_uint8, parser, table, write_json
 
 from autoenc import fit, log_likelihood, native_bf16
-from autoenc.data import dynamic_binarize
 from autoenc.recipes import fast_vae_recipe, recommended_vae
 
 FAST_LR = fast_vae_recipe().lr
@@ -48,13 +47,12 @@ def job(name: str, seed: int, opts: dict, row: tuple) -> dict:
     model = recommended_vae(activation=activation)  # built first: the seed's initial weights
     recipe = replace(fast_vae_recipe(), model=model, lr=lr)
     recipe = replace(recipe, precision=precision or recipe.precision)
-    train_x = mnist(opts["root"], train=True).data.unsqueeze(1)[: opts["n_train"]]
+    train_x = mnist_uint8(opts["root"])[: opts["n_train"]]
     start = time.process_time()
     settings = recipe.fit_kwargs(len(train_x), epochs=opts["epochs"])
     fit(recipe.model, train_x, **settings, seed=seed, device="cpu", verbose=False)
     cpu = time.process_time() - start
-    test = mnist(opts["root"], train=False).data.unsqueeze(1)[: opts["n_test"]]
-    x = dynamic_binarize(test, generator=torch.Generator().manual_seed(0))
+    x = binarized_test_images(opts["root"], opts["n_test"])
     ll = log_likelihood(recipe.model, x, k=opts["k"], seed=0)
     return {"name": name, "seed": seed, "cpu_s": cpu, "nll": ll.nll, "stderr": ll.stderr}
 

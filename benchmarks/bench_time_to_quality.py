@@ -40,10 +40,20 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import torch
-from harness import describe, machine, median, mnist, parser, revision_src, table, write_json
+from harness import (
+    binarized_test_images,
+    describe,
+    machine,
+    median,
+    mnist,
+    mnist_uint8,
+    parser,
+    revision_src,
+    table,
+    write_json,
+)
 
 from autoenc import fit, log_likelihood, native_bf16, save
-from autoenc.data import dynamic_binarize
 from autoenc.recipes import fast_vae_recipe, recommended_vae_recipe
 
 RECIPES = {"recipe": recommended_vae_recipe, "fast": fast_vae_recipe}
@@ -70,24 +80,18 @@ print(json.dumps({"cpu_s": cpu, "nll": ll.nll, "stderr": ll.stderr}))
 """
 
 
-def test_images(root: str, n: int | None) -> torch.Tensor:
-    """The test images binarized once, seed 0 (the first ``n`` of them)."""
-    x = mnist(root, train=False).data.unsqueeze(1)[:n]
-    return dynamic_binarize(x, generator=torch.Generator().manual_seed(0))
-
-
 def train_job(name: str, recipe: str, changes: dict, flush: bool, opts: dict) -> dict:
     """Train one recipe from seed 0, score it, save it; CPU seconds of this worker."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
     r = replace(RECIPES[recipe](), **changes)
     epochs = opts["epochs"] or r.epochs
-    train_x = mnist(opts["root"], train=True).data.unsqueeze(1)
+    train_x = mnist_uint8(opts["root"])
     settings = r.fit_kwargs(len(train_x), epochs=epochs)
     start, wall = time.process_time(), time.perf_counter()
     fit(r.model, train_x, **settings, flush_denormals=flush, seed=0, device="cpu", verbose=False)
     train_cpu, train_wall = time.process_time() - start, time.perf_counter() - wall
-    x = test_images(opts["root"], opts["n_test"])
+    x = binarized_test_images(opts["root"], opts["n_test"])
     start = time.process_time()
     ll = log_likelihood(r.model, x, k=opts["k"], seed=0)
     eval_cpu = time.process_time() - start
@@ -106,7 +110,7 @@ def base_eval_job(base: str, model_path: str, opts: dict) -> dict:
     """Score ``model_path`` with revision ``base``'s ``log_likelihood``, in a subprocess."""
     tmp = Path(opts["tmp"])
     data = tmp / "test.pt"
-    torch.save(test_images(opts["root"], opts["n_test"]), data)
+    torch.save(binarized_test_images(opts["root"], opts["n_test"]), data)
     with revision_src(base) as src:
         env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
         out = subprocess.run(
