@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -428,6 +431,53 @@ def test_fit_flushes_denormals_while_it_trains_and_restores_the_callers_setting(
         assert _flushing() == caller
     finally:
         torch.set_flush_denormal(False)
+
+
+_FAULTS_AROUND_FIT = """
+import resource, sys, torch
+from autoenc import Decoder, Encoder, GaussianVAE, fit, log_likelihood
+
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        buffers = [torch.ones(3 << 18) for _ in range(4)]  # four 3 MB tensors, freed together
+        del buffers
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+faults()  # glibc's dynamic thresholds settle
+before = faults()
+vae = GaussianVAE(Encoder(4, [8], 4), Decoder(2, [8], 4), latent_dim=2)
+x = torch.randint(0, 2, (16, 4)).float()
+if sys.argv[1] == "fit":
+    fit(vae, x, epochs=1, verbose=False)
+else:
+    log_likelihood(vae, x, k=10)
+print(before, faults())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+@pytest.mark.parametrize(
+    "caller, user_setting", [("fit", None), ("log_likelihood", None), ("fit", "131072")]
+)
+def test_malloc_keeps_freed_memory_after_fit_unless_the_user_set_malloc(caller, user_setting):
+    """Freed buffers of a few MB are given back to the kernel and faulted in again on every
+    reuse with glibc's defaults; after fit or log_likelihood they stay in the process (far
+    fewer page faults), unless the user chose malloc's thresholds themselves."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env.pop("GLIBC_TUNABLES", None)
+    if user_setting is not None:
+        env["MALLOC_TRIM_THRESHOLD_"] = user_setting
+    run = subprocess.run(
+        [sys.executable, "-c", _FAULTS_AROUND_FIT, caller], env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    before, after = map(int, run.stdout.split())
+    assert before > 10_000  # the pattern does fault under glibc's defaults
+    if user_setting is None:
+        assert after < before / 4
+    else:
+        assert after > before / 2
 
 
 @pytest.mark.slow

@@ -6,12 +6,14 @@ Nothing here imports another autoenc module, so every layer may import it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import functools
 import json
 import math
 import numbers
 import os
+import sys
 import tempfile
 import time
 import warnings
@@ -188,6 +190,44 @@ def flush_denormals(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         torch.set_flush_denormal(before)
+
+
+# glibc's mallopt parameters, and the values keep_freed_memory sets: the largest its own
+# dynamic adjustment reaches (an mmap threshold of 32 MB on 64-bit, trimming at twice that).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD = 32 << 20
+_TRIM_THRESHOLD = 64 << 20
+_malloc_tuned: list[bool] = []  # once per process: [whether it was applied]
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc keep freed memory for reuse instead of handing it back to the kernel at once.
+
+    With glibc's default thresholds the few-megabyte tensors of every evaluation chunk or
+    conv step are unmapped (or trimmed off the heap) when freed and faulted in, zeroed, on the
+    next, and a large share of the CPU time goes to the kernel. This raises the thresholds,
+    once per process, to the largest values glibc's own dynamic adjustment reaches, so at most
+    64 MB of freed memory stays in the process. It does nothing off glibc or when the user set
+    malloc's parameters themselves (a ``MALLOC_*_`` variable or ``GLIBC_TUNABLES``). Returns
+    whether the thresholds were raised (by this call or an earlier one).
+    """
+    if _malloc_tuned:
+        return _malloc_tuned[0]
+    applied = False
+    user_set = any(k.startswith("MALLOC_") and k.endswith("_") for k in os.environ) or (
+        "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "")
+    )
+    if sys.platform.startswith("linux") and not user_set:
+        try:
+            libc = ctypes.CDLL(None)  # the symbols this process already has
+            if hasattr(libc, "gnu_get_libc_version"):  # glibc, not musl
+                applied = bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(
+                    libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+                )
+        except (OSError, AttributeError):
+            pass
+    _malloc_tuned.append(applied)
+    return applied
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:

@@ -34,6 +34,7 @@ from autoenc._utils import (
     check_precision,
     eval_mode,
     flush_denormals,
+    keep_freed_memory,
     model_device,
     model_dtype,
 )
@@ -210,7 +211,9 @@ def log_likelihood(
             ``"auto"`` (the default) picks ``"bf16"`` where it runs natively
             (:func:`autoenc.native_bf16`). The two agree far within the Monte-Carlo error (the
             guide's *Evaluation* page has the measured difference). Denormal floats are flushed
-            to zero during the estimate (the caller's setting comes back afterwards).
+            to zero during the estimate (the caller's setting comes back afterwards), and
+            on glibc malloc keeps freed memory for reuse (the guide's *Training* page, *Two
+            process-wide CPU settings*).
 
     Returns:
         A :class:`LogLikelihood` with the per-example estimates and ``nll``, ``stderr`` and
@@ -249,6 +252,7 @@ def log_likelihood(
     estimates: list[Tensor] = []
     dims, warned = 0, False
     precision = check_precision(precision, torch.device(device))
+    keep_freed_memory()
     with eval_mode(model), flush_denormals():
         batches = _batches(model, data, batch_size, device, transform)
         for batch in _progress(batches, progress, "log p(x)"):

@@ -31,6 +31,7 @@ from autoenc._utils import (
     check_precision,
     eval_mode,
     fork_rng,
+    keep_freed_memory,
     loss_terms,
     model_dtype,
 )
@@ -296,6 +297,7 @@ def _checked_once(model: nn.Module) -> Iterator[None]:
 def _training(model: nn.Module, state: State, interrupt: bool, flush: bool) -> Iterator[None]:
     """A context for the loop: Ctrl-C, input checks off, denormals flushed, modes restored."""
     modes = [(m, m.training) for m in model.modules()]
+    keep_freed_memory()
     try:
         with Interrupt(state, interrupt), _checked_once(state.model), denormals_flushed(flush):
             yield
@@ -378,7 +380,9 @@ def fit(
         distributed: ``"auto"`` (under ``torchrun`` or in a process group), ``True`` or ``False``.
         distributed_timeout: Seconds a collective waits for the other processes.
         flush_denormals: Treat denormal floats as zero while training, which on some CPUs
-            keeps long runs from slowing several-fold (the caller's setting comes back).
+            keeps long runs from slowing several-fold (the caller's setting comes back). On
+            glibc ``fit`` also lets malloc keep freed memory for reuse; the guide's
+            *Training* page has both process-wide settings.
 
     Returns:
         A :class:`FitResult` with the per-epoch ``history`` and the final ``state``.
