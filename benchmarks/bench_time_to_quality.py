@@ -17,8 +17,9 @@ Three comparisons, each side by side in this run, as ratios:
 * **Batch 32, the article's setting.** One epoch of ``fit`` on the article's VAE against the
   article's loop (``article.py``), interleaved, ``--repeats`` times: examples per CPU second.
 
-Every job runs in a worker process with one thread, ``--jobs`` at a time; the figures are the
-worker's CPU seconds (``time.process_time``), which depend little on other jobs on the machine.
+Every job runs in a fresh worker process with one thread, ``--jobs`` at a time; the figures
+are the worker's CPU seconds (``time.process_time``), which depend little on other jobs on the
+machine.
 
 Run::
 
@@ -174,7 +175,10 @@ def main() -> None:
             "n_test": 500 if args.quick else None, "epochs": 2 if args.quick else None,
             "quick": args.quick, "repeats": 1 if args.quick else args.repeats,
         }  # fmt: skip
-        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        # a fresh process for every job: none inherits memory or settings from another
+        with ProcessPoolExecutor(
+            args.jobs, mp_context=get_context("spawn"), max_tasks_per_child=1
+        ) as pool:
             jobs = [pool.submit(train_job, *row, opts) for row in trainings]
             batch32 = pool.submit(batch32_job, opts)
             runs = [job.result() for job in jobs]
