@@ -21,9 +21,10 @@ recorded setting.
 
 ``kernel share`` is the part of the CPU time spent in the kernel. With glibc's default malloc
 it is large: the big activation buffers of a conv step go back to the kernel every step and
-their pages fault in, zeroed, again on the next. Both contenders pay it alike; setting
-``MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=1073741824`` in the environment
-keeps the memory in the process and removes most of that share.
+their pages fault in, zeroed, again on the next. ``fit`` raises malloc's thresholds at its
+first call (the guide's *Training* page), which keeps that memory in the process for the rest
+of it, so both contenders run with it after the first ``fit``; set any of glibc's
+``MALLOC_*_`` variables (e.g. ``MALLOC_CHECK_=0``) to measure glibc's own behaviour instead.
 
 Run::
 
