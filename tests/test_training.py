@@ -295,6 +295,78 @@ def test_default_optimizer_is_adam_with_the_articles_lr():
     assert opt.defaults.get("fused") or opt.defaults.get("foreach")
 
 
+def _adam_pair():
+    """Two identical autoencoders, one under fit's default Adam, one under torch's fused Adam."""
+    from autoenc.training.optimizers import build_optimizer
+
+    ours, theirs = tiny_ae(), tiny_ae()
+    return (
+        (ours, build_optimizer(ours, None, None)),
+        (theirs, torch.optim.Adam(theirs.parameters(), lr=1e-3, fused=True)),
+    )
+
+
+def _adam_steps(pairs, x, steps, change=None):
+    for step in range(steps):
+        for model, opt in pairs:
+            if change is not None:
+                change(step, model, opt)
+            opt.zero_grad(set_to_none=True)
+            model.loss(x).loss.backward()
+            opt.step()
+
+
+def _same_adam_state(a, b):
+    sa, sb = a.state_dict()["state"], b.state_dict()["state"]
+    return sa.keys() == sb.keys() and all(
+        torch.equal(sa[i][k], sb[i][k]) for i in sa for k in ("step", "exp_avg", "exp_avg_sq")
+    )
+
+
+def test_default_adam_steps_bit_for_bit_like_torchs_fused_adam():
+    """The kept-list step of fit's Adam and torch's own step agree exactly, through a changed
+    learning rate, a step where a layer has no gradient, added weight decay and a state load."""
+    pairs = _adam_pair()
+    x = tiny_data()
+
+    def change(step, model, opt):
+        group = opt.param_groups[0]
+        if step == 2:
+            group["lr"] = 5e-3  # as a scheduler does
+        first = next(model.parameters())
+        first.requires_grad_(step != 3)  # step 3: no gradient for the first layer's weight
+        if step == 4:
+            group["weight_decay"] = 0.01
+        if step == 5:
+            group["weight_decay"] = 0
+            opt.load_state_dict(opt.state_dict())
+
+    _adam_steps(pairs, x, 8, change)
+    (ours, our_opt), (theirs, their_opt) = pairs
+    assert type(our_opt).__name__ == "Adam" and our_opt._kept is not None  # the kept lists ran
+    assert same_weights(weights(ours), weights(theirs))
+    assert _same_adam_state(our_opt, their_opt)
+
+
+def test_default_adam_runs_step_hooks_once_per_step_and_feeds_lr_schedulers():
+    import warnings
+
+    from autoenc.training.optimizers import build_optimizer
+
+    torch.optim.Adam([nn.Parameter(torch.zeros(1))])  # torch wraps Adam.step in its hooks
+    model = tiny_ae()
+    opt = build_optimizer(model, None, None)
+    calls = []
+    opt.register_step_pre_hook(lambda *_: calls.append("pre"))
+    opt.register_step_post_hook(lambda *_: calls.append("post"))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "lr_scheduler.step() before optimizer.step()"
+        _adam_steps([(model, opt)], tiny_data(), 4, lambda *_: None)
+        scheduler.step()
+    assert calls == ["pre", "post"] * 4
+
+
 def test_optimizer_class_factory_and_instance_are_accepted():
     r = quiet(tiny_vae(), tiny_data(), epochs=1, optimizer=torch.optim.SGD, lr=0.1)
     assert isinstance(r.state.optimizer, torch.optim.SGD) and r.metrics["lr"] == 0.1
@@ -434,8 +506,12 @@ def test_fit_flushes_denormals_while_it_trains_and_restores_the_callers_setting(
 
 
 _FAULTS_AROUND_FIT = """
-import resource, sys, torch
+import ctypes, resource, sys, torch
 from autoenc import Decoder, Encoder, GaussianVAE, fit, log_likelihood
+
+# glibc's initial thresholds (128 KiB), which its dynamic adjustment may have raised already
+libc = ctypes.CDLL(None)
+libc.mallopt(-3, 128 * 1024), libc.mallopt(-1, 128 * 1024)
 
 def faults():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -444,7 +520,6 @@ def faults():
         del buffers
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
-faults()  # glibc's dynamic thresholds settle
 before = faults()
 vae = GaussianVAE(Encoder(4, [8], 4), Decoder(2, [8], 4), latent_dim=2)
 x = torch.randint(0, 2, (16, 4)).float()

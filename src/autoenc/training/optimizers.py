@@ -21,17 +21,127 @@ from torch import nn
 
 from autoenc._utils import check_number
 
-__all__ = ["DEFAULT_LR", "adam", "build_optimizer", "build_scheduler", "is_plateau"]
+__all__ = ["DEFAULT_LR", "Adam", "adam", "build_optimizer", "build_scheduler", "is_plateau"]
 
 #: The default learning rate of Adam, the article's.
 DEFAULT_LR = 1e-3
+
+
+class Adam(torch.optim.Adam):
+    """torch's fused Adam, stepping through lists kept from the step before.
+
+    ``torch.optim.Adam.step`` gathers the parameters, gradients, moments and step counts into
+    lists in Python at every call, and ``zero_grad`` walks the groups; for a small network at a
+    small batch that is about a tenth of a CPU step. Here a step of one group with Adam's plain
+    settings (no AMSGrad, weight decay, ``maximize``, tensor ``lr`` or gradient scaling), where
+    every parameter has a gradient and its state, calls the same fused kernel on kept lists:
+    the same arithmetic, bit for bit. Any other step (the first, which creates the state, a
+    missing gradient, changed settings, a closure) is ``torch.optim.Adam.step``'s. Step hooks
+    and LR schedulers see every step as usual. The class keeps the name ``Adam``: checkpoints
+    name the optimizer class, and resuming compares it.
+    """
+
+    def __init__(self, params: list[nn.Parameter], lr: float) -> None:
+        self._kept: tuple[Any, ...] | None = None
+        super().__init__(params, lr=lr, fused=True)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self._kept = None
+        super().add_param_group(param_group)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._kept = None  # the moments are new tensors
+        super().load_state_dict(state_dict)
+
+    def _lists(self) -> tuple[Any, ...] | None:
+        """``(group, params, exp_avgs, exp_avg_sqs, steps)`` for a kept-list step, else None."""
+        if len(self.param_groups) != 1:
+            return None
+        group = self.param_groups[0]
+        if not (
+            group["fused"]
+            and not group["amsgrad"]
+            and group["weight_decay"] == 0
+            and not group["maximize"]
+            and not group["differentiable"]
+            and not group.get("decoupled_weight_decay", False)
+            and isinstance(group["lr"], float)
+            and all(isinstance(b, float) for b in group["betas"])
+            and getattr(self, "grad_scale", None) is None
+            and getattr(self, "found_inf", None) is None
+        ):
+            return None
+        kept = self._kept
+        if kept is not None and kept[0] is group and _same(kept[1], group["params"]):
+            return kept
+        params = list(group["params"])
+        states = [self.state.get(p) for p in params]
+        first = params[0] if params else None
+        if (
+            first is None
+            or not all(states)
+            or any(
+                p.device != first.device or p.dtype != first.dtype or p.is_complex() for p in params
+            )
+        ):
+            return None
+        moments = [[s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]]
+        self._kept = (group, params, *moments, [s["step"] for s in states])
+        return self._kept
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        kept = self._lists() if set_to_none else None
+        if kept is None:
+            super().zero_grad(set_to_none)
+            return
+        for p in kept[1]:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        kept = None if closure is not None else self._lists()
+        grads = None if kept is None else [p.grad for p in kept[1]]
+        if grads is None or any(g is None or g.is_sparse for g in grads):
+            return _torch_adam_step(self, closure)
+        group, params, exp_avgs, exp_avg_sqs, steps = kept
+        beta1, beta2 = group["betas"]
+        torch._foreach_add_(steps, 1)  # what torch.optim.adam._fused_adam does, in its order
+        torch._fused_adam_(
+            params,
+            grads,
+            exp_avgs,
+            exp_avg_sqs,
+            [],
+            steps,
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=0.0,
+            eps=group["eps"],
+            amsgrad=False,
+            maximize=False,
+        )
+        return None
+
+
+def _same(kept: list[Any], params: list[Any]) -> bool:
+    return len(kept) == len(params) and all(a is b for a, b in zip(kept, params, strict=True))
+
+
+def _torch_adam_step(optimizer: Adam, closure: Any) -> Any:
+    """``torch.optim.Adam.step`` without the hooks wrapper that torch puts around a class's
+    ``step`` once: our own ``step`` carries it already, and hooks must run once a step."""
+    step = torch.optim.Adam.step
+    if getattr(step, "hooked", False):
+        step = step.__wrapped__
+    return step(optimizer, closure)
 
 
 def adam(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     """Adam with the fused kernel where this torch and device have one (on the CPU it is ~5x
     faster per step), else the multi-tensor one."""
     try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
+        return Adam(params, lr=lr)
     except (RuntimeError, ValueError, TypeError):
         return torch.optim.Adam(params, lr=lr, foreach=True)
 
