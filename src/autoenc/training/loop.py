@@ -289,7 +289,8 @@ class Loop:
                 return False
             if weight != 1.0:  # this process's batch is smaller or larger than the others
                 loss = loss * weight
-        if self.nan_guard and not bool(torch.isfinite(values).all()):
+        # one copy to the host, cheaper than isfinite's kernels for a handful of numbers
+        if self.nan_guard and not all(map(math.isfinite, values.tolist())):
             raise _nonfinite(keys, values, state, weights_are_finite(state.model))
         if not loss.requires_grad:
             raise ValueError("model.loss(x) returned a loss that does not require gradients")
