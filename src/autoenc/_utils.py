@@ -197,9 +197,9 @@ def flush_denormals(enabled: bool = True) -> Iterator[None]:
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD = 32 << 20
 _TRIM_THRESHOLD = 64 << 20
-_malloc_tuned: list[bool] = []  # once per process: [whether it was applied]
 
 
+@functools.cache  # once per process
 def keep_freed_memory() -> bool:
     """Let glibc keep freed memory for reuse instead of handing it back to the kernel at once.
 
@@ -211,8 +211,6 @@ def keep_freed_memory() -> bool:
     malloc's parameters themselves (a ``MALLOC_*_`` variable or ``GLIBC_TUNABLES``). Returns
     whether the thresholds were raised (by this call or an earlier one).
     """
-    if _malloc_tuned:
-        return _malloc_tuned[0]
     applied = False
     user_set = any(k.startswith("MALLOC_") and k.endswith("_") for k in os.environ) or (
         "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "")
@@ -226,7 +224,6 @@ def keep_freed_memory() -> bool:
                 )
         except (OSError, AttributeError):
             pass
-    _malloc_tuned.append(applied)
     return applied
 
 

@@ -41,9 +41,9 @@ class Adam(torch.optim.Adam):
     name the optimizer class, and resuming compares it.
     """
 
-    def __init__(self, params: list[nn.Parameter], lr: float) -> None:
+    def __init__(self, params: Any, lr: float = DEFAULT_LR, **kwargs: Any) -> None:
         self._kept: tuple[Any, ...] | None = None
-        super().__init__(params, lr=lr, fused=True)
+        super().__init__(params, lr=lr, **{"fused": True, **kwargs})
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         self._kept = None
