@@ -19,6 +19,7 @@ from autoenc.evaluation import (
 )
 from autoenc.functional import bernoulli_nll, gaussian_kl, gaussian_log_prob
 from autoenc.models import iwae_bound, iwae_terms
+from autoenc.networks import fused_inference
 
 # ---------------------------------------------------------------------------------------------
 # Tiny models whose marginal likelihood we can compute exactly.
@@ -439,6 +440,35 @@ def test_bf16_decoder_passes_give_a_float_estimate_close_to_fp32():
     bf16 = log_likelihood(vae, x, k=8, seed=0, precision="bf16")
     assert bf16.log_px.dtype == torch.float32
     torch.testing.assert_close(bf16.log_px, fp32.log_px, rtol=0.02, atol=0.1)
+
+
+@pytest.mark.skipif(
+    not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+    reason="no oneDNN bf16 kernels here",
+)
+def test_bf16_estimate_decodes_through_the_fused_layers(monkeypatch):
+    """With precision="bf16" on a CPU the decoder runs through fused_inference (built once per
+    call, then used for every pass), and the estimate agrees with the autocast pass's."""
+    import autoenc.evaluation.likelihood as likelihood_module
+
+    torch.manual_seed(0)
+    vae = GaussianVAE(Encoder(12, [16], 4), Decoder(2, [16, 16], 12, activation="silu"), 2)
+    x = torch.rand(20, 12).round()
+    built, passes = [], []
+
+    def counting(decoder):
+        fused = fused_inference(decoder)
+        built.append(decoder)
+        return lambda z: passes.append(len(z)) or fused(z)
+
+    monkeypatch.setattr(likelihood_module, "fused_inference", counting)
+    fused = log_likelihood(vae, x, k=8, seed=0, precision="bf16", batch_size=10, chunk_size=4)
+    assert built == [vae.decoder] and passes == [40] * 4
+    monkeypatch.setattr(likelihood_module, "fused_inference", lambda decoder: None)
+    plain = log_likelihood(vae, x, k=8, seed=0, precision="bf16", batch_size=10, chunk_size=4)
+    fp32 = log_likelihood(vae, x, k=8, seed=0, precision="fp32", batch_size=10, chunk_size=4)
+    torch.testing.assert_close(fused.log_px, plain.log_px, rtol=0.02, atol=0.1)
+    torch.testing.assert_close(fused.log_px, fp32.log_px, rtol=0.02, atol=0.1)
 
 
 def test_the_bernoulli_estimate_matches_the_elementwise_one_and_iwae_still_trains():

@@ -10,7 +10,7 @@ from article import article_decoder, article_encoder
 from torch import nn
 
 from autoenc import Decoder, Encoder, mlp
-from autoenc.networks import ACTIVATIONS
+from autoenc.networks import ACTIVATIONS, fused_inference
 
 
 def _types(module: nn.Module) -> list[type[nn.Module]]:
@@ -195,3 +195,66 @@ def test_config_is_json_and_rebuilds_the_same_network(module: nn.Module) -> None
     rebuilt.eval()
     x = torch.randn(3, 1, 4, 4) if isinstance(module, Encoder) else torch.randn(3, 5)
     torch.testing.assert_close(rebuilt(x), module(x), rtol=0, atol=0)
+
+
+needs_onednn = pytest.mark.skipif(
+    not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN"
+)
+
+
+@needs_onednn
+@pytest.mark.parametrize("activation", ["relu", "silu", "gelu", "tanh", "sigmoid"])
+@pytest.mark.parametrize("final", [None, "sigmoid"])
+def test_fused_inference_computes_the_decoder_in_eval_mode(activation, final) -> None:
+    """fp32: the module's eval output to float rounding (dropout skipped, unflattened); bf16:
+    within bf16 rounding of a float64 forward, no further from it than autocast's pass."""
+    torch.manual_seed(0)
+    dec = Decoder(
+        6, [16, 32], (2, 3, 4), activation=activation, dropout=0.3, final_activation=final
+    )
+    dec.eval()
+    z = torch.randn(40, 6)
+    with torch.no_grad():
+        exact = dec.double()(z.double()).float()
+        dec.float()
+        fused32 = fused_inference(dec, torch.float32)
+        torch.testing.assert_close(fused32(z), dec(z), rtol=1e-5, atol=1e-5)
+        fused16 = fused_inference(dec)
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            assert fused16 is None
+            return
+        out = fused16(z)
+        with torch.autocast("cpu", torch.bfloat16):
+            autocast_error = (dec(z).float() - exact).abs().max()
+    assert out.dtype == torch.bfloat16 and out.shape == (40, 2, 3, 4)
+    error = (out.float() - exact).abs().max()
+    assert error <= max(autocast_error, 2**-7 * exact.abs().max())
+
+
+@needs_onednn
+def test_fused_inference_of_a_sequential_and_its_input_check() -> None:
+    net = nn.Sequential(nn.Linear(3, 8), nn.GELU(approximate="tanh"), nn.Linear(8, 2, bias=False))
+    x = torch.randn(5, 3)
+    fused = fused_inference(net, torch.float32)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), net(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"expected input of shape \(b, 3\), got \(5, 4\)"):
+        fused(torch.randn(5, 4))
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        Decoder(4, [8], 6, activation="leaky_relu"),  # no fused form for its slope
+        Decoder(4, [8], 6, norm="batch"),
+        nn.Sequential(nn.ReLU(), nn.Linear(4, 2)),
+        nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.ReLU(), nn.Linear(8, 2)),
+        nn.Sequential(),
+        nn.Linear(4, 2),
+        Encoder(6, [8], 4),
+        Decoder(4, [8], 6).double(),
+    ],
+    ids=["leaky", "batchnorm", "leading-act", "two-acts", "empty", "bare-linear", "encoder", "f64"],
+)
+def test_fused_inference_declines_what_it_cannot_fuse(module: nn.Module) -> None:
+    assert fused_inference(module, torch.float32) is None

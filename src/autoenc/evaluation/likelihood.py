@@ -41,6 +41,7 @@ from autoenc._utils import (
 from autoenc.data.batching import make_batches
 from autoenc.likelihoods import Bernoulli, Likelihood
 from autoenc.models.vae import GaussianVAE, check_vae, log_weights, resolve_likelihood
+from autoenc.networks import fused_inference
 
 __all__ = [
     "LogLikelihood",
@@ -208,7 +209,8 @@ def log_likelihood(
         transform: Applied to each batch before it is encoded (e.g. a fixed binarization).
         progress: Show a tqdm bar over the batches (needs the ``progress`` extra).
         precision: ``"bf16"`` runs the decoder passes in bfloat16 (the densities and the
-            logsumexp stay in the model's dtype); ``"fp32"`` runs them in the model's dtype;
+            logsumexp stay in the model's dtype; an MLP decoder on a CPU runs through
+            :func:`autoenc.networks.fused_inference`); ``"fp32"`` runs them in the model's dtype;
             ``"auto"`` (the default) picks ``"bf16"`` where it runs natively
             (:func:`autoenc.native_bf16`). The two agree far within the Monte-Carlo error (the
             guide's *Evaluation* page has the measured difference). Denormal floats are flushed
@@ -253,6 +255,9 @@ def log_likelihood(
     estimates: list[Tensor] = []
     dims, warned = 0, False
     precision = check_precision(precision, torch.device(device))
+    # bf16 on a CPU: each Linear and its activation as one oneDNN call, the weights cast once
+    fused = precision == "bf16" and not conditional and torch.device(device).type == "cpu"
+    decode = fused_inference(model.decoder) if fused else None
     keep_freed_memory()
     with eval_mode(model), flush_denormals():
         batches = _batches(model, data, batch_size, device, transform)
@@ -274,7 +279,9 @@ def log_likelihood(
                     # One draw per sample keeps the stream the same whatever the chunking.
                     draws = [torch.randn(q.mu.shape, generator=generator, **like) for _ in range(n)]
                     eps = torch.stack(draws)  # (n, b, latent)
-                    log_px_z, log_ratio = log_weights(model, lik, x, q, eps, c, precision=precision)
+                    log_px_z, log_ratio = log_weights(
+                        model, lik, x, q, eps, c, precision=precision, decode=decode
+                    )
                     total = torch.logaddexp(total, torch.logsumexp(log_px_z + log_ratio, dim=0))
             estimates.append((total - math.log(k)).cpu())
     if not estimates:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -321,6 +322,7 @@ def log_weights(
     c: Tensor | None = None,
     *,
     precision: str = "fp32",
+    decode: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""``log p(x|z_k)`` and ``log p(z_k) - log q(z_k|x)``, each ``(k, b)``, at ``mu + std * eps``.
 
@@ -330,7 +332,8 @@ def log_weights(
     ``c`` is its condition (``(b, ...)``): the weights are those of
     :math:`\log p(x \mid c)`, with the decoder and the prior :math:`p(z \mid c)` taking ``c``.
     With ``precision="bf16"`` only the decoder runs in bfloat16; the densities are summed in
-    the model's dtype.
+    the model's dtype. ``decode`` stands in for ``model.decoder`` of an unconditional model
+    (e.g. :func:`autoenc.networks.fused_inference`'s).
     """
     k, b, latent = eps.shape
     z = q.mu + torch.exp(0.5 * q.logvar) * eps  # (k, b, latent)
@@ -340,7 +343,7 @@ def log_weights(
         if c is not None:  # a ConditionalVAE: the k draws of an example share its condition
             params = model.decode_params(flat, c.repeat(k, *(1,) * (c.dim() - 1)))  # (k * b, ...)
         else:
-            params = model.decoder(flat)
+            params = (model.decoder if decode is None else decode)(flat)
     params = params.reshape(k, *x.shape)  # (k, b, *shape), bf16 after a bf16 pass
     with torch.autocast(z.device.type, enabled=False):  # the caller may hold autocast open
         log_px_z = -likelihood.event_nll(params, x)  # (k, b), in x's dtype

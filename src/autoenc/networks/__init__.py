@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from autoenc.networks.conv import ConvDecoder, ConvEncoder
-from autoenc.networks.mlp import ACTIVATIONS, Decoder, Encoder, mlp
+from autoenc.networks.mlp import ACTIVATIONS, Decoder, Encoder, fused_inference, mlp
 from autoenc.networks.quantizer import Quantized, VectorQuantizer
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "mlp",
     "Encoder",
     "Decoder",
+    "fused_inference",
     "ConvEncoder",
     "ConvDecoder",
     "VectorQuantizer",

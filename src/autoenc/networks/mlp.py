@@ -8,13 +8,14 @@ file.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from einops.layers.torch import Rearrange
 from torch import Tensor, nn
 
-__all__ = ["ACTIVATIONS", "mlp", "Encoder", "Decoder"]
+__all__ = ["ACTIVATIONS", "mlp", "Encoder", "Decoder", "fused_inference"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -292,3 +293,83 @@ class Decoder(nn.Module):
                 f"Decoder expects input of shape (b, {self.in_features}), got {tuple(z.shape)}"
             )
         return self.unflatten(self.net(z))  # (b, d) -> (b, *out_shape)
+
+
+# oneDNN's names for the activations it applies to a matrix product's output before rounding it.
+_FUSED = {
+    nn.ReLU: "relu",
+    nn.SiLU: "swish",
+    nn.GELU: "gelu",
+    nn.Tanh: "tanh",
+    nn.Sigmoid: "sigmoid",
+}
+
+
+def _fusion_available(dtype: torch.dtype) -> bool:
+    mkldnn = torch.ops.mkldnn
+    if not (torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_linear_pointwise")):
+        return False
+    return dtype != torch.bfloat16 or bool(mkldnn._is_mkldnn_bf16_supported())
+
+
+def fused_inference(
+    module: nn.Module, dtype: torch.dtype = torch.bfloat16
+) -> Callable[[Tensor], Tensor] | None:
+    """``module``'s forward for inference on a CPU, each ``Linear`` fused with its activation.
+
+    Each ``Linear`` and the activation after it (ReLU, SiLU, GELU, tanh or sigmoid) run as one
+    oneDNN call, the kernel ``torch.compile`` uses on a CPU: the activation is applied before the
+    product is rounded to ``dtype``, and no pass over memory is spent on the bias or the
+    activation. The weights are cast to ``dtype`` once, here, so build it again after they change.
+    It computes what ``module`` computes in eval mode without gradients (``Dropout`` is skipped),
+    to ``dtype``'s rounding.
+
+    Args:
+        module: A :class:`Decoder`, or an ``nn.Sequential`` of ``Linear`` layers, those
+            activations, ``Dropout`` and ``Identity``.
+        dtype: The dtype of the products and the output: ``torch.bfloat16`` or ``torch.float32``.
+
+    Returns:
+        A function of ``(b, in_features)`` inputs, or ``None`` where this does not apply: other
+        layers or activations, weights off the CPU or of another dtype than float32, or a torch
+        without oneDNN's kernel for ``dtype``.
+
+    Example:
+        >>> dec = Decoder(4, [8], (1, 2, 3), activation="silu").eval()
+        >>> fused = fused_inference(dec, torch.float32)
+        >>> z = torch.randn(5, 4)
+        >>> fused is None or torch.allclose(fused(z), dec(z), atol=1e-5)
+        True
+    """
+    net, shape = (module.net, module.out_shape) if isinstance(module, Decoder) else (module, None)
+    if not isinstance(net, nn.Sequential) or not _fusion_available(dtype):
+        return None
+    layers = [m for m in net if not isinstance(m, (nn.Dropout, nn.Identity))]
+    steps: list[tuple[Tensor, Tensor | None, str, str]] = []
+    for i, layer in enumerate(layers):
+        if type(layer) in _FUSED and i > 0 and isinstance(layers[i - 1], nn.Linear):
+            continue  # fused into the Linear before it
+        if not (
+            isinstance(layer, nn.Linear)
+            and layer.weight.device.type == "cpu"
+            and layer.weight.dtype == torch.float32
+        ):
+            return None
+        after = layers[i + 1] if i + 1 < len(layers) else None
+        attr = _FUSED.get(type(after), "none")
+        algorithm = getattr(after, "approximate", "") if attr == "gelu" else ""
+        bias = None if layer.bias is None else layer.bias.detach().to(dtype)
+        steps.append((layer.weight.detach().to(dtype), bias, attr, algorithm))
+    if not steps:
+        return None
+    in_features = steps[0][0].shape[1]
+
+    def forward(x: Tensor) -> Tensor:
+        if x.dim() != 2 or x.shape[1] != in_features:
+            raise ValueError(f"expected input of shape (b, {in_features}), got {tuple(x.shape)}")
+        h = x.to(dtype)
+        for weight, bias, attr, algorithm in steps:
+            h = torch.ops.mkldnn._linear_pointwise(h, weight, bias, attr, [], algorithm)
+        return h if shape is None else h.unflatten(1, shape)  # (b, d) -> (b, *out_shape)
+
+    return forward
