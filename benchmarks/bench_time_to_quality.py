@@ -211,6 +211,9 @@ def main() -> None:
     ratio = batch32["fit"] / batch32["article"]
     print(f"\nbatch 32, article VAE, examples per CPU second: fit {batch32['fit']:.0f}, article "
           f"loop {batch32['article']:.0f}, ratio {ratio:.2f}x")  # fmt: skip
+    # the temporary files are gone with the run: the record keeps the figures
+    runs = [{key: v for key, v in r.items() if key != "path"} for r in runs]
+    base, tree = ({key: v for key, v in e.items() if key != "logpx"} for e in (base, tree))
     write_json(args.json, {
         "machine": info, "k": opts["k"], "runs": runs, "eval_base": base, "eval_tree": tree,
         "eval_ratio": base["cpu_s"] / tree["cpu_s"], "eval_nll_diff": paired,
