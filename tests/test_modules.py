@@ -258,3 +258,23 @@ def test_fused_inference_of_a_sequential_and_its_input_check() -> None:
 )
 def test_fused_inference_declines_what_it_cannot_fuse(module: nn.Module) -> None:
     assert fused_inference(module, torch.float32) is None
+
+
+def test_fused_inference_declines_a_forward_or_hook_it_would_skip() -> None:
+    class Shifted(Decoder):
+        def forward(self, z):
+            return super().forward(z) + 1
+
+    class Scaled(nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    assert fused_inference(Shifted(4, [8], 6), torch.float32) is None
+    assert fused_inference(nn.Sequential(Scaled(4, 2)), torch.float32) is None
+    dec = Decoder(4, [8], 6)
+    handle = dec.net[1].register_forward_hook(lambda module, args, out: out * 0)
+    assert fused_inference(dec, torch.float32) is None
+    handle.remove()
+    assert (fused_inference(dec, torch.float32) is None) == (
+        not torch.backends.mkldnn.is_available()
+    )

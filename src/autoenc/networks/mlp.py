@@ -331,8 +331,9 @@ def fused_inference(
 
     Returns:
         A function of ``(b, in_features)`` inputs, or ``None`` where this does not apply: other
-        layers or activations, weights off the CPU or of another dtype than float32, or a torch
-        without oneDNN's kernel for ``dtype``.
+        layers or activations, a forward of a subclass or a forward hook (it would be skipped),
+        weights off the CPU or of another dtype than float32, or a torch without oneDNN's
+        kernel for ``dtype``.
 
     Example:
         >>> dec = Decoder(4, [8], (1, 2, 3), activation="silu").eval()
@@ -342,8 +343,10 @@ def fused_inference(
         True
     """
     net, shape = (module.net, module.out_shape) if isinstance(module, Decoder) else (module, None)
-    if not isinstance(net, nn.Sequential) or not _fusion_available(dtype):
-        return None
+    own_forward = type(module).forward in (Decoder.forward, nn.Sequential.forward)
+    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+    if not (isinstance(net, nn.Sequential) and own_forward and _fusion_available(dtype)) or hooked:
+        return None  # a forward or hook of the user's would be skipped
     layers = [m for m in net if not isinstance(m, (nn.Dropout, nn.Identity))]
     steps: list[tuple[Tensor, Tensor | None, str, str]] = []
     for i, layer in enumerate(layers):
@@ -351,6 +354,7 @@ def fused_inference(
             continue  # fused into the Linear before it
         if not (
             isinstance(layer, nn.Linear)
+            and type(layer).forward is nn.Linear.forward
             and layer.weight.device.type == "cpu"
             and layer.weight.dtype == torch.float32
         ):
