@@ -247,16 +247,16 @@ def log_likelihood(
     device = model_device(model, device)
     if generator is None:
         generator = torch.Generator(device=device).manual_seed(0 if seed is None else seed)
-    rows = _ROWS_PER_PASS.get(torch.device(device).type, _ROWS_PER_PASS_DEFAULT)
+    rows = _ROWS_PER_PASS.get(device.type, _ROWS_PER_PASS_DEFAULT)
     chunk = chunk_size or max(1, rows // batch_size)
     chunk = min(chunk, k)
     conditional = getattr(model, "conditional", False) is True
 
     estimates: list[Tensor] = []
     dims, warned = 0, False
-    precision = check_precision(precision, torch.device(device))
+    precision = check_precision(precision, device)
     # bf16 on a CPU: each Linear and its activation as one oneDNN call, the weights cast once
-    fused = precision == "bf16" and not conditional and torch.device(device).type == "cpu"
+    fused = precision == "bf16" and not conditional and device.type == "cpu"
     decode = fused_inference(model.decoder) if fused else None
     keep_freed_memory()
     with eval_mode(model), flush_denormals():
