@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.distributions import ContinuousBernoulli, Normal, kl_divergence
 
+from autoenc import functional
 from autoenc.functional import (
     bernoulli_event_nll,
     bernoulli_nll,
@@ -225,6 +226,20 @@ def test_bernoulli_event_nll_is_the_summed_nll_for_draws_sharing_a_batch(d: int)
     torch.testing.assert_close(
         bernoulli_event_nll(torch.zeros(1000), torch.ones(1000)), torch.tensor(1000 * math.log(2))
     )
+
+
+@pytest.mark.parametrize("x_shape", [(3, 7), (1, 3, 7), (5, 3, 7)])  # shared, or one per draw
+def test_bernoulli_event_nll_summed_in_blocks_matches_the_reference(
+    monkeypatch: pytest.MonkeyPatch, x_shape: tuple[int, ...]
+) -> None:
+    monkeypatch.setattr(functional, "_EVENT_BLOCK", 2 * 3 * 7)  # two draws a block, one left over
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(5, 3, 7, generator=g) * 10
+    x = torch.randint(0, 2, x_shape, generator=g).float()
+    expected = bernoulli_nll(logits.double(), x.double().expand(5, 3, 7)).sum(-1)
+    actual = bernoulli_event_nll(logits, x)
+    assert actual.shape == (5, 3)
+    torch.testing.assert_close(actual.double(), expected, rtol=1e-6, atol=1e-4)
 
 
 def test_bernoulli_event_nll_sums_bf16_logits_in_float32_and_leaves_them_alone() -> None:
