@@ -9,13 +9,15 @@ Three comparisons, each side by side in this run, as ratios:
   fp32 (``bench_fast_preset.py`` splits the fast preset's own changes). Each model is scored
   by the importance-sampled ``-log p(x)`` (``--k`` samples, default 1000) of all 10,000 test
   images, binarized once with seed 0.
-* **Evaluation.** The fast preset's model scored by ``log_likelihood`` of an earlier revision
-  (``--eval-base``, its fp32 defaults) and of this tree (its defaults), on the same images and
-  noise, each in a fresh process as an evaluation script runs (an evaluation in the process
-  that trained may find memory the training left): the CPU-time ratio and the paired NLL
-  difference.
+* **Evaluation.** The recipe's model and the fast preset's, each scored by ``log_likelihood`` of
+  an earlier revision (``--eval-base``, its fp32 defaults) and of this tree (its defaults), on
+  the same images and noise, each in a fresh process as an evaluation script runs (an
+  evaluation in the process that trained may find memory the training left): the CPU-time
+  ratios and the paired NLL differences. Beside them, this CPU's bf16 and fp32 matmul speeds:
+  where bf16 products are not much faster than fp32 ones, they bound the evaluation's gain.
 * **Batch 32, the article's setting.** One epoch of ``fit`` on the article's VAE against the
-  article's loop (``article.py``), interleaved, ``--repeats`` times: examples per CPU second.
+  article's loop (``article.py``), interleaved, ``--repeats`` times: the medians of examples
+  per CPU second.
 
 Every job runs in a fresh worker process with one thread, ``--jobs`` at a time; the figures
 are the worker's CPU seconds (``time.process_time``), which depend little on other jobs on the
@@ -49,6 +51,7 @@ from harness import (
     binarized_test_images,
     describe,
     machine,
+    matmul_peak,
     median,
     mnist,
     mnist_uint8,
@@ -114,11 +117,9 @@ def eval_job(revision: str | None, model_path: str, opts: dict) -> dict:
     """Score ``model_path`` with the ``log_likelihood`` of ``revision`` (``None``: this tree) in
     a fresh subprocess, as an evaluation script would run it."""
     tmp = Path(opts["tmp"])
-    data = tmp / "test.pt"
-    if not data.exists():
-        torch.save(binarized_test_images(opts["root"], opts["n_test"]), data)
+    data = tmp / "test.pt"  # written by main() before the evaluations start
     name = revision or "this tree"
-    out_path = tmp / f"{revision or 'tree'}.logpx"
+    out_path = tmp / f"{Path(model_path).stem}-{revision or 'tree'}.logpx"
     with contextlib.ExitStack() as stack:
         src = (
             HERE.parent / "src" if revision is None else stack.enter_context(revision_src(revision))
@@ -134,6 +135,16 @@ def eval_job(revision: str | None, model_path: str, opts: dict) -> dict:
         "logpx": str(out_path),
         **json.loads(out.stdout.strip().splitlines()[-1]),
     }
+
+
+def compared(base: dict, tree: dict) -> dict:
+    """The two evaluators' records of one model, their time ratio and the paired difference of
+    their estimates (its mean and standard error); the ``log p(x)`` files are read here."""
+    diff = torch.load(tree.pop("logpx")) - torch.load(base.pop("logpx"))  # this tree - base
+    return {
+        "base": base, "tree": tree, "ratio": base["cpu_s"] / tree["cpu_s"],
+        "nll_diff": (-diff.mean().item(), diff.std().item() / math.sqrt(len(diff))),
+    }  # fmt: skip
 
 
 def batch32_job(opts: dict) -> dict:
@@ -162,11 +173,16 @@ def main() -> None:
     p.add_argument("--k", type=int, default=1000, help="importance samples per test image")
     p.add_argument("--ablation", action="store_true", help="also train the rows between")
     p.add_argument("--eval-base", default="becfb4b", help="revision whose evaluator to compare")
-    p.add_argument("--repeats", type=int, default=3, help="epochs of each batch-32 contender")
+    p.add_argument("--repeats", type=int, default=5, help="epochs of each batch-32 contender")
     args = p.parse_args()
     info = machine()
     info["torch_threads"] = 1
     info["native_bf16"] = native_bf16()
+    torch.set_num_threads(1)
+    info["matmul_gflops"] = {
+        name: matmul_peak(dtype=dtype)["cpu"]
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+    }
     print(describe(info), f"native bf16: {info['native_bf16']}", sep="; ", flush=True)
     trainings = TRAININGS if args.ablation else [TRAININGS[0], TRAININGS[-1]]
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,14 +198,19 @@ def main() -> None:
             jobs = [pool.submit(train_job, *row, opts) for row in trainings]
             batch32 = pool.submit(batch32_job, opts)
             runs = [job.result() for job in jobs]
-            fast = runs[-1]
-            evals = [
-                pool.submit(eval_job, rev, fast["path"], opts) for rev in (args.eval_base, None)
-            ]
-            base, tree = (job.result() for job in evals)
+            torch.save(binarized_test_images(opts["root"], opts["n_test"]), Path(tmp) / "test.pt")
+            # each model by both evaluators, in turn first (the machine's speed drifts)
+            order = {"recipe": (args.eval_base, None), "fast": (None, args.eval_base)}
+            jobs = {
+                (model, rev): pool.submit(eval_job, rev, run["path"], opts)
+                for model, run in (("recipe", runs[0]), ("fast", runs[-1]))
+                for rev in order[model]
+            }
+            evals = {
+                model: compared(jobs[model, args.eval_base].result(), jobs[model, None].result())
+                for model in order
+            }
             batch32 = batch32.result()
-        diff = torch.load(base["logpx"]) - torch.load(tree["logpx"])  # log p(x): base - new
-    paired = (diff.mean().item(), diff.std().item() / math.sqrt(len(diff)))
 
     recipe, fast = runs[0], runs[-1]
     rows = [
@@ -200,23 +221,24 @@ def main() -> None:
     print(f"\ntraining, 1 thread each; test NLL from K = {opts['k']} importance samples")
     print(table(["run", "epochs", "precision", "flush", "CPU-s", "x recipe", "NLL (nats)"], rows))
     print(f"fast preset / recipe CPU time: {fast['train_cpu_s'] / recipe['train_cpu_s']:.3f}")
-    print(f"\nlog_likelihood, K = {opts['k']}, the fast preset's model, same images and noise, "
-          "each in a fresh process")  # fmt: skip
+    print(f"\nlog_likelihood, K = {opts['k']}, same images and noise, each in a fresh process")
     print(table(
-        ["evaluator", "CPU-s", "NLL"],
-        [[e["revision"], f"{e['cpu_s']:.1f}", f"{e['nll']:.4f}"] for e in (base, tree)],
+        ["model", f"{args.eval_base} CPU-s", "this tree CPU-s", "time ratio",
+         "NLL difference (this tree - base)"],
+        [[model, f"{e['base']['cpu_s']:.1f}", f"{e['tree']['cpu_s']:.1f}", f"{e['ratio']:.2f}x",
+          f"{e['nll_diff'][0]:+.4f} ± {e['nll_diff'][1]:.4f} (paired stderr)"]
+         for model, e in evals.items()],
     ))  # fmt: skip
-    print(f"time ratio {base['cpu_s'] / tree['cpu_s']:.2f}x; NLL difference (this tree - "
-          f"base) {paired[0]:+.4f} ± {paired[1]:.4f} nats (paired stderr)")  # fmt: skip
+    peak = info["matmul_gflops"]
+    print(f"matmul 2048^2, one thread, GFLOP/s per CPU second: fp32 {peak['fp32']:.0f}, bf16 "
+          f"{peak['bf16']:.0f} ({peak['bf16'] / peak['fp32']:.2f}x)")  # fmt: skip
     ratio = batch32["fit"] / batch32["article"]
     print(f"\nbatch 32, article VAE, examples per CPU second: fit {batch32['fit']:.0f}, article "
           f"loop {batch32['article']:.0f}, ratio {ratio:.2f}x")  # fmt: skip
     # the temporary files are gone with the run: the record keeps the figures
     runs = [{key: v for key, v in r.items() if key != "path"} for r in runs]
-    base, tree = ({key: v for key, v in e.items() if key != "logpx"} for e in (base, tree))
     write_json(args.json, {
-        "machine": info, "k": opts["k"], "runs": runs, "eval_base": base, "eval_tree": tree,
-        "eval_ratio": base["cpu_s"] / tree["cpu_s"], "eval_nll_diff": paired,
+        "machine": info, "k": opts["k"], "runs": runs, "eval": evals,
         "batch32": batch32, "batch32_ratio": ratio,
         "time_ratio": fast["train_cpu_s"] / recipe["train_cpu_s"],
     })  # fmt: skip

@@ -224,10 +224,12 @@ def flops_per_example() -> int:
     return 3 * sum(per_layer) - per_layer[0]
 
 
-def matmul_peak(*, n: int = 2048, repeats: int = 5) -> dict[str, float]:
-    """Measured fp32 matmul GFLOP/s of this process (its thread setting), per wall-clock and
-    per CPU second (what a shared machine leaves to it), medians of ``repeats``."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(
+    *, n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32
+) -> dict[str, float]:
+    """Measured matmul GFLOP/s of this process (its thread setting) in ``dtype``, per wall-clock
+    and per CPU second (what a shared machine leaves to it), medians of ``repeats``."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b  # warm-up
     wall, cpu = [], []
     for _ in range(repeats):
