@@ -347,8 +347,9 @@ def log_weights(
     params = params.reshape(k, *x.shape)  # (k, b, *shape), bf16 after a bf16 pass
     with torch.autocast(z.device.type, enabled=False):  # the caller may hold autocast open
         log_px_z = -likelihood.event_nll(params, x)  # (k, b), in x's dtype
-        # log q(z|x) = log N(eps; 0, I) - logvar / 2 exactly, without recovering eps from z - mu.
-        if c is None:  # the standard normal prior: the log(2 pi) terms cancel in log p - log q
+        # log q(z|x) = log N(eps; 0, I) - logvar / 2 exactly, without recovering eps from z - mu;
+        # under the standard normal prior the log(2 pi) terms cancel in log p(z) - log q(z|x)
+        if c is None:
             sq = torch.linalg.vecdot(eps, eps) - torch.linalg.vecdot(z, z)  # (k, b)
             return log_px_z, 0.5 * (sq + q.logvar.sum(dim=-1))
         log_qz = (gaussian_log_prob(eps) - 0.5 * q.logvar).sum(dim=2)  # (k, b)
