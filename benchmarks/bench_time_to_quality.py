@@ -201,13 +201,15 @@ def main() -> None:
             torch.save(binarized_test_images(opts["root"], opts["n_test"]), Path(tmp) / "test.pt")
             # each model by both evaluators, in turn first (the machine's speed drifts)
             order = {"recipe": (args.eval_base, None), "fast": (None, args.eval_base)}
-            jobs = {
+            scoring = {
                 (model, rev): pool.submit(eval_job, rev, run["path"], opts)
                 for model, run in (("recipe", runs[0]), ("fast", runs[-1]))
                 for rev in order[model]
             }
             evals = {
-                model: compared(jobs[model, args.eval_base].result(), jobs[model, None].result())
+                model: compared(
+                    scoring[model, args.eval_base].result(), scoring[model, None].result()
+                )
                 for model in order
             }
             batch32 = batch32.result()
