@@ -338,7 +338,7 @@ def log_weights(
     k, b, latent = eps.shape
     z = q.mu + torch.exp(0.5 * q.logvar) * eps  # (k, b, latent)
     flat = z.reshape(k * b, latent)
-    mu_p, logvar_p = (0.0, 0.0) if c is None else model.prior_params(c)  # (b, latent) each
+    prior = None if c is None else model.prior_params(c)  # its (mu, logvar), (b, latent) each
     with autocast(precision, z.device):
         if c is not None:  # a ConditionalVAE: the k draws of an example share its condition
             params = model.decode_params(flat, c.repeat(k, *(1,) * (c.dim() - 1)))  # (k * b, ...)
@@ -353,7 +353,7 @@ def log_weights(
             sq = torch.linalg.vecdot(eps, eps) - torch.linalg.vecdot(z, z)  # (k, b)
             return log_px_z, 0.5 * (sq + q.logvar.sum(dim=-1))
         log_qz = (gaussian_log_prob(eps) - 0.5 * q.logvar).sum(dim=2)  # (k, b)
-        log_pz = gaussian_log_prob(z, mu_p, logvar_p).sum(dim=2)  # (k, b)
+        log_pz = gaussian_log_prob(z, *prior).sum(dim=2)  # (k, b)
     return log_px_z, log_pz - log_qz
 
 
