@@ -319,17 +319,16 @@ def bernoulli_event_nll(logits: Tensor, x: Tensor) -> Tensor:
         >>> bernoulli_event_nll(logits, x), bernoulli_nll(logits, x).sum(-1)
         (tensor([100.6931]), tensor([100.6931]))
     """
-    with torch.no_grad():
-        rows = max(1, _EVENT_BLOCK // max(1, logits[:1].numel()))  # along the first dimension
-        if logits.dim() < 2 or rows >= logits.shape[0]:
-            return _event_nll(logits, x)
-        whole_x = x.dim() == logits.dim() and x.shape[0] == logits.shape[0]  # else it broadcasts
-        return torch.cat(
-            [
-                _event_nll(logits[i : i + rows], x[i : i + rows] if whole_x else x)
-                for i in range(0, logits.shape[0], rows)
-            ]
-        )
+    rows = max(1, _EVENT_BLOCK // max(1, logits[:1].numel()))  # along the first dimension
+    if logits.dim() < 2 or rows >= logits.shape[0]:
+        return _event_nll(logits, x)
+    whole_x = x.dim() == logits.dim() and x.shape[0] == logits.shape[0]  # else it broadcasts
+    return torch.cat(
+        [
+            _event_nll(logits[i : i + rows], x[i : i + rows] if whole_x else x)
+            for i in range(0, logits.shape[0], rows)
+        ]
+    )
 
 
 # Elements per block of bernoulli_event_nll: a decoder pass of thousands of rows is summed a few
