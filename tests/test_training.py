@@ -367,6 +367,53 @@ def test_default_adam_runs_step_hooks_once_per_step_and_feeds_lr_schedulers():
     assert calls == ["pre", "post"] * 4
 
 
+def test_fit_skips_torchs_step_wrapper_only_when_it_has_nothing_to_do(monkeypatch):
+    """The default Adam steps without torch's wrapper when nothing is attached; a step hook of
+    the optimizer's own, a global one, an LR scheduler or the profiler each bring it back."""
+    from torch.optim import optimizer as torch_optimizer
+
+    wrapped = []  # torch's wrapper calls _optimizer_step_code once per step
+    monkeypatch.setattr(
+        torch.optim.Optimizer, "_optimizer_step_code", lambda self: wrapped.append(1)
+    )
+    x = tiny_data(8)
+
+    def steps_through_wrapper(attach=None, scheduler=None):
+        wrapped.clear()
+        result = quiet(
+            tiny_vae(), x, epochs=1, batch_size=4, scheduler=scheduler, scheduler_interval="step",
+            callbacks=[] if attach is None else [attach],
+        )  # fmt: skip
+        assert result.steps == 2
+        return len(wrapped)
+
+    assert steps_through_wrapper() == 0
+    calls = []
+
+    class Hook(Callback):
+        def __init__(self, kind):
+            self.kind = kind
+
+        def on_fit_start(self, state):
+            register = getattr(state.optimizer, f"register_step_{self.kind}_hook")
+            register(lambda *_: calls.append(self.kind))
+
+    assert steps_through_wrapper(Hook("pre")) == 2 and calls == ["pre"] * 2
+    assert steps_through_wrapper(Hook("post")) == 2 and calls[2:] == ["post"] * 2
+    for kind in ("pre", "post"):
+        register = getattr(torch_optimizer, f"register_optimizer_step_{kind}_hook")
+        handle = register(lambda *_: calls.append("global"))
+        try:
+            assert steps_through_wrapper() == 2 and calls[4:] == ["global"] * 2
+        finally:
+            handle.remove()
+            del calls[4:]
+    assert steps_through_wrapper(scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 1)) == 2
+    with torch.profiler.profile() as prof:
+        assert steps_through_wrapper() == 2
+    assert "Optimizer.step#Adam.step" in {e.name for e in prof.events()}
+
+
 def test_optimizer_class_factory_and_instance_are_accepted():
     r = quiet(tiny_vae(), tiny_data(), epochs=1, optimizer=torch.optim.SGD, lr=0.1)
     assert isinstance(r.state.optimizer, torch.optim.SGD) and r.metrics["lr"] == 0.1

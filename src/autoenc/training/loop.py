@@ -25,7 +25,7 @@ from autoenc.evaluation.loss import accumulate
 from autoenc.training.callbacks import State, TermsView
 from autoenc.training.checkpoint import restore_rng
 from autoenc.training.distributed import StepSync, any_rank, mean_over_ranks
-from autoenc.training.optimizers import is_plateau
+from autoenc.training.optimizers import is_plateau, optimizer_step
 from autoenc.training.resume import restore_callbacks, rng_of_rank
 
 __all__ = ["NonFiniteLossError", "Loop", "Interrupt", "rank_seed"]
@@ -298,7 +298,7 @@ class Loop:
         loss.backward()
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
-        opt.step()
+        optimizer_step(opt)
         if state.scheduler is not None and self.scheduler_interval == "step":
             state.scheduler.step()
         state.running.update(keys, values, n)
