@@ -63,7 +63,8 @@ class Adam(torch.optim.Adam):
         super().load_state_dict(state_dict)
 
     def _lists(self) -> tuple[Any, ...] | None:
-        """``(group, params, exp_avgs, exp_avg_sqs, steps)`` for a kept-list step, else None."""
+        """``(group, params, exp_avgs, exp_avg_sqs, steps, all_steps)`` for a kept-list step, else
+        None; ``steps`` are views of ``all_steps``."""
         if len(self.param_groups) != 1:
             return None
         group = self.param_groups[0]
@@ -94,8 +95,16 @@ class Adam(torch.optim.Adam):
             )
         ):
             return None
+        counts = [s["step"] for s in states]
+        if any(c.dim() != 0 or c.dtype != counts[0].dtype for c in counts):
+            return None
+        # The step counts become views of one tensor, so that one add counts every parameter's
+        # step: a foreach add over a dozen scalars costs a percent of a small network's step.
+        steps = torch.stack(counts)
+        for s, view in zip(states, steps.unbind(), strict=True):
+            s["step"] = view
         moments = [[s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]]
-        self._kept = (group, params, *moments, [s["step"] for s in states])
+        self._kept = (group, params, *moments, [s["step"] for s in states], steps)
         return self._kept
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -112,9 +121,9 @@ class Adam(torch.optim.Adam):
         grads = None if kept is None else [p.grad for p in kept[1]]
         if grads is None or any(g is None or g.is_sparse for g in grads):
             return _torch_adam_step(self, closure)
-        group, params, exp_avgs, exp_avg_sqs, steps = kept
+        group, params, exp_avgs, exp_avg_sqs, steps, all_steps = kept
         beta1, beta2 = group["betas"]
-        torch._foreach_add_(steps, 1)  # what torch.optim.adam._fused_adam does, in its order
+        all_steps.add_(1)  # what torch.optim.adam._fused_adam does, in its order
         torch._fused_adam_(
             params,
             grads,
