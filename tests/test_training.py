@@ -251,7 +251,8 @@ class ScalarModel(nn.Module):
         recon = (self.lin(x) - x).pow(2).mean()
         if self.kind == "tensor":
             return recon
-        return {"loss": recon, "recon": recon.detach(), "extra": torch.tensor(2.0), "skip": x}
+        extra = torch.tensor([2.0], dtype=torch.float64)  # one element, not 0-d, not float32
+        return {"loss": recon, "recon": recon.detach(), "extra": extra, "skip": x}
 
 
 def test_a_scalar_tensor_or_a_dict_can_be_the_loss():

@@ -300,7 +300,10 @@ def loss_terms(out: Any) -> tuple[Tensor, dict[str, Tensor]]:
 def term_vector(terms: dict[str, Tensor], loss: Tensor) -> Tensor:
     """The terms as one vector, float64 when the loss is, else float32 (bf16 sums drift)."""
     dtype = torch.float64 if loss.dtype == torch.float64 else torch.float32
-    return torch.stack([v.reshape(()).to(dtype) for v in terms.values()])
+    values = list(terms.values())
+    if all(v.dim() == 0 and v.dtype == dtype for v in values):  # the usual case, in one op
+        return torch.stack(values)
+    return torch.stack([v.reshape(()).to(dtype) for v in values])
 
 
 def weights_are_finite(model: nn.Module) -> bool:
