@@ -17,7 +17,8 @@ Three comparisons, each side by side in this run, as ratios:
   where bf16 products are not much faster than fp32 ones, they bound the evaluation's gain.
 * **Batch 32, the article's setting.** One epoch of ``fit`` on the article's VAE against the
   article's loop (``article.py``), interleaved, ``--repeats`` times: the medians of examples
-  per CPU second.
+  per CPU second, and the fp32 matmul speed measured just before and after them, which shows
+  how much of the core the host left to this job (the ratio falls on a busy host).
 
 Every job runs in a fresh worker process with one thread, ``--jobs`` at a time; the figures
 are the worker's CPU seconds (``time.process_time``), which depend little on other jobs on the
@@ -158,13 +159,17 @@ def batch32_job(opts: dict) -> dict:
         images = images[:6400]
     limit = None if not opts["quick"] else 200
     rates: dict[str, list[float]] = {"article": [], "fit": []}
+    matmul = [matmul_peak()["cpu"]]
     for repeat in range(opts["repeats"]):
         order = ["article", "fit"] if repeat % 2 == 0 else ["fit", "article"]
         for name in order:
             start = time.process_time()
             seen = run_article(dataset, 32, limit) if name == "article" else run_fit(images, 32)
             rates[name].append(seen / (time.process_time() - start))
-    return {name: median(values) for name, values in rates.items()} | {"all": rates}
+    matmul.append(matmul_peak()["cpu"])
+    return {name: median(values) for name, values in rates.items()} | {
+        "all": rates, "matmul_fp32_gflops": matmul,
+    }  # fmt: skip
 
 
 def main() -> None:
@@ -235,8 +240,12 @@ def main() -> None:
     print(f"matmul 2048^2, one thread, GFLOP/s per CPU second: fp32 {peak['fp32']:.0f}, bf16 "
           f"{peak['bf16']:.0f} ({peak['bf16'] / peak['fp32']:.2f}x)")  # fmt: skip
     ratio = batch32["fit"] / batch32["article"]
+    each = batch32["all"]
+    repeats = ", ".join(f"{f / a:.2f}" for f, a in zip(each["fit"], each["article"], strict=True))
+    before, after = batch32["matmul_fp32_gflops"]
     print(f"\nbatch 32, article VAE, examples per CPU second: fit {batch32['fit']:.0f}, article "
-          f"loop {batch32['article']:.0f}, ratio {ratio:.2f}x")  # fmt: skip
+          f"loop {batch32['article']:.0f}, ratio {ratio:.2f}x (repeats {repeats}; fp32 matmul "
+          f"just before and after, GFLOP/s: {before:.0f}, {after:.0f})")  # fmt: skip
     # the temporary files are gone with the run: the record keeps the figures
     runs = [{key: v for key, v in r.items() if key != "path"} for r in runs]
     write_json(args.json, {
