@@ -100,11 +100,12 @@ class Adam(torch.optim.Adam):
             return None
         # The step counts become views of one tensor, so that one add counts every parameter's
         # step: a foreach add over a dozen scalars costs a percent of a small network's step.
-        steps = torch.stack(counts)
-        for s, view in zip(states, steps.unbind(), strict=True):
+        all_steps = torch.stack(counts)
+        steps = list(all_steps.unbind())
+        for s, view in zip(states, steps, strict=True):
             s["step"] = view
         moments = [[s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]]
-        self._kept = (group, params, *moments, [s["step"] for s in states], steps)
+        self._kept = (group, params, *moments, steps, all_steps)
         return self._kept
 
     def zero_grad(self, set_to_none: bool = True) -> None:
